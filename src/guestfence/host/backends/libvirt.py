@@ -1,0 +1,256 @@
+"""The libvirt backend: find, power off/on, reboot and list domains through libvirt-python.
+
+Differences from the C backend, all on the safe side:
+
+* ``off`` answers success only once libvirt shows the domain shut off (or a
+  transient domain gone); the C backend answers right after virDomainDestroy.
+* ``reboot`` answers failure when the domain cannot be started again.
+* ``status`` of a domain this host does not have is a failure, not "off";
+  ``lookup`` lets listeners stay silent for domains that are not ours.
+* a dead connection (libvirtd restarted) is reopened, once per call, with a
+  bounded wait; the C daemon blocks all fencing until libvirtd is back.
+
+libvirt-python calls block, so the daemon runs them in worker threads; the
+connection objects are thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+
+from guestfence.errors import BackendError
+from guestfence.virt.wire import VIR_DOMAIN_RUNNING, VIR_DOMAIN_SHUTOFF, HostRecord, Op, Result
+
+T = TypeVar("T")
+
+POWER_TIMEOUT = 15.0  # seconds to wait for libvirt to show the new state
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: int
+    uri: str
+
+
+def canonical_uuid(text: str) -> str | None:
+    """The lower-case canonical form if ``text`` is a UUID written canonically, else None."""
+    try:
+        parsed = uuidlib.UUID(text)
+    except ValueError:
+        return None
+    return str(parsed) if str(parsed) == text.lower() else None
+
+
+def _silence_libvirt_stderr() -> None:
+    # libvirt prints every error on stderr by default; we report them ourselves.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class LibvirtBackend:
+    name = "libvirt"
+
+    def __init__(self, uris: Sequence[str], name_mode: str = "name",
+                 power_timeout: float = POWER_TIMEOUT) -> None:
+        if not uris:
+            raise BackendError("the libvirt backend needs at least one uri")
+        _silence_libvirt_stderr()
+        self.uris = tuple(uris)
+        self.name_mode = name_mode
+        self.power_timeout = power_timeout
+        self._conns: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        for uri in self.uris:
+            self._conns[uri] = self._open(uri)
+
+    @staticmethod
+    def _open(uri: str) -> Any:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise BackendError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from e
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+        self._conns.clear()
+
+    # --------------------------------------------------------------- connection care
+
+    def _with_conn(self, uri: str, call: Callable[[Any], T]) -> T:
+        """Run ``call`` on the connection for ``uri``; reopen once if libvirtd went away."""
+        conn = self._conns.get(uri)
+        try:
+            if conn is None:
+                raise BackendError(f"no connection to {uri}")
+            return call(conn)
+        except (libvirt.libvirtError, BackendError) as first:
+            alive = False
+            if conn is not None:
+                try:
+                    alive = bool(conn.isAlive())
+                except libvirt.libvirtError:
+                    alive = False
+            if alive:
+                raise
+            with self._lock:
+                try:
+                    self._conns[uri] = self._open(uri)
+                except BackendError as e:
+                    raise BackendError(f"{e} (connection lost: {first})") from e
+            return call(self._conns[uri])
+
+    def healthy(self) -> bool:
+        try:
+            for uri in self.uris:
+                self._with_conn(uri, lambda c: c.getLibVersion())
+        except (libvirt.libvirtError, BackendError):
+            return False
+        return True
+
+    # --------------------------------------------------------------- lookups
+
+    def _find(self, target: str) -> tuple[str, Any] | None:
+        as_uuid = canonical_uuid(target)
+        for uri in self.uris:
+            def lookup(conn: Any) -> Any:
+                try:
+                    if as_uuid is not None:
+                        return conn.lookupByUUIDString(as_uuid)
+                    return conn.lookupByName(target)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        return None
+                    raise
+            dom = self._with_conn(uri, lookup)
+            if dom is not None:
+                return uri, dom
+        return None
+
+    def lookup(self, target: str) -> DomainInfo | None:
+        try:
+            found = self._find(target)
+            if found is None:
+                return None
+            uri, dom = found
+            return DomainInfo(dom.name(), dom.UUIDString(), dom.state()[0], uri)
+        except libvirt.libvirtError as e:
+            raise BackendError(f"lookup of {target!r} failed: {e.get_error_message()}") from e
+
+    def host_list(self) -> list[HostRecord]:
+        records: dict[str, HostRecord] = {}
+        for uri in self.uris:  # unlike the C backend, later URIs do not overwrite earlier ones
+            domains = self._with_conn(uri, lambda c: c.listAllDomains(0))
+            for dom in domains:
+                try:
+                    records.setdefault(
+                        dom.UUIDString(), HostRecord(dom.name(), dom.UUIDString(), dom.state()[0])
+                    )
+                except libvirt.libvirtError:
+                    continue  # a transient domain vanished while we listed
+        return sorted(records.values(), key=lambda r: r.name.lower())
+
+    # --------------------------------------------------------------- operations
+
+    def execute(self, op: int, target: str) -> int:
+        """Carry out one operation; the result byte. Never raises for a libvirt failure."""
+        try:
+            if op == Op.DEVSTATUS:
+                return Result.SUCCESS if self.healthy() else Result.FAIL
+            if op == Op.STATUS:
+                info = self.lookup(target)
+                if info is None:
+                    return Result.FAIL
+                return Result.OFF if info.state == VIR_DOMAIN_SHUTOFF else Result.SUCCESS
+            if op == Op.OFF:
+                return self._off(target)
+            if op == Op.ON:
+                return self._on(target)
+            if op == Op.REBOOT:
+                return self._reboot(target)
+            return Result.FAIL  # NULL and unknown operations, as the C daemon answers
+        except (libvirt.libvirtError, BackendError):
+            return Result.FAIL
+
+    def _off(self, target: str) -> int:
+        found = self._find(target)
+        if found is None:
+            return Result.FAIL
+        _, dom = found
+        if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
+            return Result.SUCCESS
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            # it may have stopped by itself in the meantime; the check below decides
+            pass
+        return Result.SUCCESS if self._wait_off(dom) else Result.FAIL
+
+    def _wait_off(self, dom: Any) -> bool:
+        deadline = time.monotonic() + self.power_timeout
+        while True:
+            try:
+                if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
+                    return True
+            except libvirt.libvirtError as e:
+                # a transient domain is gone once destroyed: that is off
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return True
+                raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def _on(self, target: str) -> int:
+        found = self._find(target)
+        if found is None:
+            return Result.FAIL
+        _, dom = found
+        if dom.state()[0] != VIR_DOMAIN_SHUTOFF:
+            return Result.SUCCESS
+        dom.create()
+        return Result.SUCCESS if self._wait_running(dom) else Result.FAIL
+
+    def _wait_running(self, dom: Any) -> bool:
+        deadline = time.monotonic() + self.power_timeout
+        while dom.state()[0] != VIR_DOMAIN_RUNNING:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+        return True
+
+    def _reboot(self, target: str) -> int:
+        found = self._find(target)
+        if found is None:
+            return Result.FAIL
+        uri, dom = found
+        if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
+            return Result.SUCCESS  # documented: reboot does not power on a VM that is off
+        xml = dom.XMLDesc(0)
+        persistent = bool(dom.isPersistent())
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        if not self._wait_off(dom):
+            return Result.FAIL
+        try:
+            if persistent:
+                dom.create()
+            else:
+                dom = self._with_conn(uri, lambda c: c.createXML(xml, 0))
+        except libvirt.libvirtError:
+            return Result.FAIL  # off is done, but the caller asked for a reboot
+        return Result.SUCCESS if self._wait_running(dom) else Result.FAIL

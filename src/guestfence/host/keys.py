@@ -1,0 +1,33 @@
+"""Loading the daemon's shared key, refusing insecure or unreadable files."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from guestfence.errors import KeyFileError
+from guestfence.virt.wire import read_key
+
+
+def load_daemon_key(path: str) -> bytes:
+    """The key bytes; the file must be a regular file of mode 0600.
+
+    The C daemon silently chmods an insecure key to 0600. We stop instead and say
+    how to fix it: a key that was world-readable may already be compromised.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise KeyFileError(
+            f"key file {path}: {e.strerror}. Create one with: guestfence keygen {path}"
+        ) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"key file {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o600:
+        raise KeyFileError(
+            f"key file {path} has mode {mode:04o}; it must be 0600. If it may have been read "
+            f"by others, make a new one (guestfence keygen {path}) and copy it to the guests; "
+            f"otherwise fix it with: chmod 600 {path}"
+        )
+    return read_key(path)

@@ -1,0 +1,243 @@
+"""Network listeners: multicast (fence_xvm), TCP and vsock (fence_virt -T / -S).
+
+Multicast: a signed 176-byte datagram arrives; if it verifies, is not a
+duplicate and names a domain this host really has, the daemon connects back
+to the address and port inside the block and runs the stream leg there. A
+daemon stays silent for domains it does not have, so with several hosts on
+one group only the owner answers.
+
+TCP and vsock: the client connects and sends the block first; then the same
+stream leg on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+import time
+
+from guestfence.errors import AuthError, ConfigError, ProtocolError
+from guestfence.host.config import (
+    MulticastListenerConfig,
+    TcpListenerConfig,
+    VsockListenerConfig,
+)
+from guestfence.host.history import request_key
+from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request
+from guestfence.virt.wire import REQUEST_SIZE, FenceRequest, verify_request
+
+log = logging.getLogger("guestfenced")
+
+CONNECT_BACK_TIMEOUT = 5.0
+REQUEST_READ_TIMEOUT = 3.0
+
+
+def printable(text: str) -> str:
+    """Untrusted strings (domain names from the network) made safe for one log line."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _verify(service: FenceService, block: bytes, requester: str) -> FenceRequest | None:
+    try:
+        return verify_request(block, service.key, service.min_hash)
+    except AuthError as e:
+        service.drop("auth", requester, str(e))
+    except ProtocolError as e:
+        service.drop("malformed", requester, str(e))
+    return None
+
+
+# ------------------------------------------------------------------------ multicast
+
+
+class _DatagramReceiver(asyncio.DatagramProtocol):
+    def __init__(self, listener: MulticastListener) -> None:
+        self.listener = listener
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.listener.on_datagram(data, str(addr[0]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("multicast socket error: %s", exc)
+
+
+class MulticastListener:
+    kind = "multicast"
+
+    def __init__(self, config: MulticastListenerConfig, service: FenceService) -> None:
+        self.config = config
+        self.service = service
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        sock = self._make_socket()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramReceiver(self), sock=sock
+        )
+        self._transport = transport
+        log.info("multicast listener on %s port %d (interface %s, hash>=%s, auth %s)",
+                 self.config.address, self.config.port, self.config.interface or "any",
+                 self.config.hash, self.config.auth)
+
+    def _make_socket(self) -> socket.socket:
+        cfg = self.config
+        ifindex = 0
+        if cfg.interface:
+            try:
+                ifindex = socket.if_nametoindex(cfg.interface)
+            except OSError:
+                raise ConfigError(
+                    f"listeners/multicast: interface {cfg.interface!r} does not exist "
+                    f"(known: {', '.join(n for _, n in socket.if_nameindex())})"
+                ) from None
+        if cfg.family == "ipv6":
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::", cfg.port))
+            group = socket.inet_pton(socket.AF_INET6, cfg.address)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                            group + struct.pack("@I", ifindex))
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", cfg.port))
+            mreqn = socket.inet_aton(cfg.address) + socket.inet_aton("0.0.0.0") + \
+                struct.pack("@i", ifindex)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        sock.setblocking(False)
+        return sock
+
+    def on_datagram(self, data: bytes, source: str) -> None:
+        svc = self.service
+        svc.metrics["datagrams"] += 1
+        if len(data) != REQUEST_SIZE:
+            svc.drop("malformed", source, f"{len(data)} bytes, expected {REQUEST_SIZE}")
+            return
+        req = _verify(svc, data, source)
+        if req is None:
+            return
+        if req.address is None or req.port == 0:
+            svc.drop("malformed", source, "no call-back address in a multicast request")
+            return
+        key = request_key(req.op, req.seqno, req.domain)
+        if not svc.history.begin(key, time.monotonic()):
+            svc.metrics["duplicates"] += 1
+            log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
+            return
+        svc.spawn(self._handle(req, key))
+
+    async def _handle(self, req: FenceRequest, key: tuple[int, int, str]) -> None:
+        svc = self.service
+        requester = str(req.address)
+        target = printable(req.domain)
+        if req.op in OWNED_OPS and not await svc.owns(req.domain):
+            svc.history.finish(key, time.monotonic(), served=False)
+            svc.metrics["not_mine"] += 1
+            log.debug("request for %s from %s: not a domain of this host; staying silent",
+                      target, requester)
+            return
+        request = Request(self.kind, requester, req.op, req.domain, req.seqno)
+        assert req.address is not None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(str(req.address), req.port), CONNECT_BACK_TIMEOUT
+            )
+        except (OSError, TimeoutError) as e:
+            svc.history.finish(key, time.monotonic(), served=False)
+            svc.metrics["callback_failed"] += 1
+            log.warning(
+                "request listener=multicast requester=%s target=%s action=%s seqno=%d "
+                "outcome=callback-failed detail=%r",
+                requester, target, request.action, req.seqno, str(e) or "timeout",
+            )
+            return
+        stream = AsyncioStream(reader, writer)
+        try:
+            await svc.serve(request, stream, key)
+        finally:
+            await stream.close()
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+# ------------------------------------------------------------------------ tcp / vsock
+
+
+class StreamListener:
+    """TCP or vsock: the request block arrives on the accepted connection."""
+
+    def __init__(
+        self,
+        kind: str,
+        config: TcpListenerConfig | VsockListenerConfig,
+        service: FenceService,
+    ) -> None:
+        self.kind = kind
+        self.config = config
+        self.service = service
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        if isinstance(cfg, TcpListenerConfig):
+            self._server = await asyncio.start_server(
+                self._on_connection, cfg.address, cfg.port, reuse_address=True, backlog=128
+            )
+            where = f"{cfg.address} port {cfg.port}"
+        else:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.bind((socket.VMADDR_CID_ANY, cfg.port))
+            sock.listen(128)
+            sock.setblocking(False)
+            self._server = await asyncio.start_server(self._on_connection, sock=sock)
+            where = f"vsock port {cfg.port}"
+        log.info("%s listener on %s (hash>=%s, auth %s)", self.kind, where, cfg.hash, cfg.auth)
+
+    def _requester(self, writer: asyncio.StreamWriter) -> str:
+        peer = writer.get_extra_info("peername")
+        if self.kind == "vsock":
+            return str(peer[0]) if peer else "?"  # the CID, assigned by the hypervisor
+        host = str(peer[0]) if peer else "?"
+        try:
+            addr = ipaddress.ip_address(host)
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                return str(addr.ipv4_mapped)
+        except ValueError:
+            pass
+        return host
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        svc = self.service
+        stream = AsyncioStream(reader, writer)
+        requester = self._requester(writer)
+        try:
+            try:
+                block = await asyncio.wait_for(reader.readexactly(REQUEST_SIZE),
+                                               REQUEST_READ_TIMEOUT)
+            except (TimeoutError, asyncio.IncompleteReadError, OSError):
+                svc.drop("incomplete", requester, "no complete request block")
+                return
+            req = _verify(svc, block, requester)
+            if req is None:
+                return
+            key = request_key(req.op, req.seqno, req.domain)
+            if not svc.history.begin(key, time.monotonic()):
+                svc.metrics["duplicates"] += 1
+                return
+            request = Request(self.kind, requester, req.op, req.domain, req.seqno)
+            await svc.serve(request, stream, key)
+        finally:
+            await stream.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,226 @@
+"""Serving fencing requests: authentication, access check, backend call, answer, log line.
+
+Every listener hands requests to one FenceService. Each request is its own
+asyncio task, so a slow, silent or unreachable requester never delays
+another one (the C daemon serves one request at a time and stalls 5-10 s per
+such requester). Backend calls run in worker threads; operations on the same
+domain are serialised so that an ``off`` and an ``on`` cannot interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from guestfence.errors import AuthError, BackendError, ProtocolError
+from guestfence.host.acl import AccessMap
+from guestfence.host.history import History, RequestKey
+from guestfence.virt.handshake import DaemonSession
+from guestfence.virt.wire import HashType, HostRecord, Op, Result
+
+log = logging.getLogger("guestfenced")
+
+AUTH_STEP_TIMEOUT = 10.0  # the C daemon's per-read limit during challenge/response
+WRITE_TIMEOUT = 10.0
+MAX_IN_FLIGHT = 64
+OWNED_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
+ACL_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
+RESULT_NAMES = {0: "success", 1: "fail", 2: "off", 3: "denied", 253: "hostlist"}
+
+
+class Backend(Protocol):
+    """What the daemon needs from a hypervisor backend (blocking calls)."""
+
+    name: str
+
+    def lookup(self, target: str) -> object | None: ...
+    def execute(self, op: int, target: str) -> int: ...
+    def host_list(self) -> list[HostRecord]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Request:
+    """One request as seen by the daemon, for the log line and the metrics."""
+
+    listener: str
+    requester: str
+    op: int
+    target: str
+    seqno: int
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def action(self) -> str:
+        try:
+            return Op(self.op).name.lower()
+        except ValueError:
+            return f"op{self.op}"
+
+
+class StreamIO(Protocol):
+    async def read_exactly(self, n: int, timeout: float) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    def peer_gone(self) -> bool: ...
+
+
+class AsyncioStream:
+    """StreamIO over an asyncio reader/writer pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read_exactly(self, n: int, timeout: float) -> bytes:
+        return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+
+    def peer_gone(self) -> bool:
+        return self.reader.at_eof() or self.writer.is_closing()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+        except (OSError, TimeoutError):
+            pass
+
+
+class FenceService:
+    def __init__(
+        self,
+        backend: Backend,
+        access: AccessMap,
+        key: bytes,
+        auth: HashType,
+        min_hash: HashType,
+    ) -> None:
+        self.backend = backend
+        self.access = access
+        self.key = key
+        self.auth = auth
+        self.min_hash = min_hash
+        self.history = History()
+        self.metrics: Counter[str] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a request on its own; keep a reference so it is not garbage-collected."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def busy(self) -> bool:
+        return self._slots.locked()
+
+    def drop(self, reason: str, requester: str, detail: str = "") -> None:
+        """A datagram or connection refused before any exchange: counted and logged."""
+        self.metrics[f"dropped_{reason}"] += 1
+        log.warning("dropped request from %s: %s%s", requester, reason,
+                    f" ({detail})" if detail else "")
+
+    async def owns(self, target: str) -> bool:
+        try:
+            return await asyncio.to_thread(self.backend.lookup, target) is not None
+        except BackendError as e:
+            log.error("backend lookup of %r failed: %s", target, e)
+            return False
+
+    # ---------------------------------------------------------------- the exchange
+
+    async def serve(
+        self,
+        req: Request,
+        stream: StreamIO,
+        history_key: RequestKey | None,
+        authenticate: bool = True,
+    ) -> None:
+        """Authenticate, check access, execute, answer; exactly one log line per request."""
+        served = False
+        outcome = "error"
+        detail = ""
+        async with self._slots:
+            try:
+                if authenticate:
+                    await self._authenticate(stream)
+                served = True
+                code, payload = await self._decide(req, stream)
+                if code is None:
+                    outcome, detail = "abandoned", "requester gave up before execution"
+                else:
+                    await stream.write(payload)
+                    outcome = RESULT_NAMES.get(code, f"code{code}")
+            except AuthError as e:
+                outcome, detail = "auth-failed", str(e)
+            except (TimeoutError, asyncio.IncompleteReadError) as e:
+                outcome = "timeout" if isinstance(e, TimeoutError) else "disconnected"
+                detail = "requester silent" if not served else "answer not delivered"
+            except (OSError, ProtocolError) as e:
+                outcome, detail = "disconnected", str(e)
+            finally:
+                if history_key is not None:
+                    self.history.finish(history_key, time.monotonic(), served=served)
+        self._log(req, outcome, detail)
+
+    async def _authenticate(self, stream: StreamIO) -> None:
+        session = DaemonSession(self.key, self.auth)
+        if session.authenticated:
+            return
+        answer = session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
+        await stream.write(answer)
+        session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
+
+    async def _decide(self, req: Request, stream: StreamIO) -> tuple[int | None, bytes]:
+        """The result byte (None: do nothing, the requester is gone) and the bytes to send."""
+        if req.op == Op.HOSTLIST:
+            records = await asyncio.to_thread(self.backend.host_list)
+            shown = [r for r in records if self.access.shows(req.requester, r.name, r.uuid)]
+            return Result.HOSTLIST, DaemonSession.host_list_bytes(shown)
+        if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
+            return Result.PERM, DaemonSession.result_bytes(Result.PERM)
+        lock = self._locks.setdefault(req.target.lower(), asyncio.Lock())
+        async with lock:
+            await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
+            if stream.peer_gone():
+                return None, b""
+            code = await asyncio.to_thread(self.backend.execute, req.op, req.target)
+        if not lock.locked():
+            self._locks.pop(req.target.lower(), None)
+        return code, DaemonSession.result_bytes(code)
+
+    def _log(self, req: Request, outcome: str, detail: str) -> None:
+        self.metrics[f"requests_{outcome}"] += 1
+        duration = (time.monotonic() - req.started) * 1000
+        level = logging.INFO if outcome in RESULT_NAMES.values() else logging.WARNING
+        log.log(
+            level,
+            "request listener=%s requester=%s target=%s action=%s seqno=%d outcome=%s "
+            "duration_ms=%.1f%s",
+            req.listener,
+            req.requester,
+            req.target or "-",
+            req.action,
+            req.seqno,
+            outcome,
+            duration,
+            f" detail={detail!r}" if detail else "",
+        )
+
+
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
