@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import Literal, NamedTuple, TextIO
 
 from guestfence.errors import ConfigError
 
@@ -26,8 +25,7 @@ class UsageError(ConfigError):
     """Bad agent input: the message is printed, usage may follow, exit 1."""
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One agent parameter.
 
     ``name`` is the stdin name and the key in the parsed values. ``aliases``
@@ -68,15 +66,15 @@ def normalise_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-@dataclass
 class ParsedInput:
-    values: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    from_stdin: bool = False
-    help: bool = False
-    version: bool = False
-    # where each value came from, for error messages ("stdin line 3", "-n")
-    origins: dict[str, str] = field(default_factory=dict)
+    def __init__(self, from_stdin: bool = False) -> None:
+        self.values: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self.from_stdin = from_stdin
+        self.help = False
+        self.version = False
+        # where each value came from, for error messages ("stdin line 3", "-n")
+        self.origins: dict[str, str] = {}
 
 
 # stdin names every agent accepts and ignores (Pacemaker and fenced send them)

@@ -15,7 +15,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from guestfence.errors import AuthError, ProtocolError, TransportError
 from guestfence.virt.handshake import ClientOutcome, ClientSession
@@ -85,8 +85,7 @@ def converse(sock: socket.socket, session: ClientSession, deadline: float) -> Cl
 # ------------------------------------------------------------------------ multicast
 
 
-@dataclass(frozen=True)
-class MulticastTarget:
+class MulticastTarget(NamedTuple):
     group: str
     port: int
     family: int  # socket.AF_INET or socket.AF_INET6

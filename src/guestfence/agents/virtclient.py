@@ -21,10 +21,8 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
-from guestfence.agent.metadata import render_metadata
 from guestfence.agent.params import ParamTable, UsageError, parse_int
 from guestfence.agents import virtparams
 from guestfence.errors import AuthError, GuestfenceError, KeyFileError, ProtocolError
@@ -59,8 +57,7 @@ NO_TARGET_ACTIONS = {"monitor", "list", "list-status", "metadata", "meta-data", 
 UNDELAYED_ACTIONS = {"status", "monitor", "list", "list-status"}
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     prog: str
     action: str
     domain: str
@@ -103,6 +100,8 @@ def run(prog: str, argv: Sequence[str], stdin: TextIO | None = None) -> int:
     try:
         inv = _validate(prog, table, parsed.values)
         if inv.action in ("metadata", "meta-data", "manpage"):
+            from guestfence.agent.metadata import render_metadata
+
             sys.stdout.write(render_metadata(virtparams.metadata(prog, params)))
             return 0
         if inv.action == "validate-all":

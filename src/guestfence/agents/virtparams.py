@@ -7,9 +7,13 @@ C agents' output.
 
 from __future__ import annotations
 
-from guestfence.agent.metadata import AgentMetadata, MetaAction, MetaParam
+from typing import TYPE_CHECKING
+
 from guestfence.agent.params import Param, help_text
 from guestfence.virt.wire import DEFAULT_KEY_FILE
+
+if TYPE_CHECKING:
+    from guestfence.agent.metadata import AgentMetadata
 
 _HASH_DESC = "(none, sha1, [sha256], sha512)"
 _DOMAIN_DESC = "Virtual Machine (domain name) to fence"
@@ -127,6 +131,8 @@ def usage(prog: str, params: tuple[Param, ...]) -> str:
 
 
 def metadata(prog: str, params: tuple[Param, ...]) -> AgentMetadata:
+    from guestfence.agent.metadata import AgentMetadata, MetaAction, MetaParam
+
     meta_params = []
     for p in params:
         if not p.in_metadata:

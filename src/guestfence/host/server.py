@@ -63,6 +63,31 @@ class Request:
             return f"op{self.op}"
 
 
+class Framing(Protocol):
+    """How answers are framed on a transport."""
+
+    def result(self, code: int) -> bytes: ...
+    def host_list(self, records: list[HostRecord]) -> bytes: ...
+
+
+class NetworkFraming:
+    """Multicast call-back, TCP and vsock: a bare result byte; 253 + records for lists."""
+
+    def result(self, code: int) -> bytes:
+        return DaemonSession.result_bytes(code)
+
+    def host_list(self, records: list[HostRecord]) -> bytes:
+        return DaemonSession.host_list_bytes(records)
+
+
+NETWORK_FRAMING = NetworkFraming()
+
+
+def printable(text: str) -> str:
+    """Untrusted strings (domain names from the network) made safe for one log line."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class StreamIO(Protocol):
     async def read_exactly(self, n: int, timeout: float) -> bytes: ...
     async def write(self, data: bytes) -> None: ...
@@ -150,6 +175,7 @@ class FenceService:
         stream: StreamIO,
         history_key: RequestKey | None,
         authenticate: bool = True,
+        framing: Framing = NETWORK_FRAMING,
     ) -> None:
         """Authenticate, check access, execute, answer; exactly one log line per request."""
         served = False
@@ -160,7 +186,7 @@ class FenceService:
                 if authenticate:
                     await self._authenticate(stream)
                 served = True
-                code, payload = await self._decide(req, stream)
+                code, payload = await self._decide(req, stream, framing)
                 if code is None:
                     outcome, detail = "abandoned", "requester gave up before execution"
                 else:
@@ -186,14 +212,16 @@ class FenceService:
         await stream.write(answer)
         session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
 
-    async def _decide(self, req: Request, stream: StreamIO) -> tuple[int | None, bytes]:
+    async def _decide(
+        self, req: Request, stream: StreamIO, framing: Framing
+    ) -> tuple[int | None, bytes]:
         """The result byte (None: do nothing, the requester is gone) and the bytes to send."""
         if req.op == Op.HOSTLIST:
             records = await asyncio.to_thread(self.backend.host_list)
             shown = [r for r in records if self.access.shows(req.requester, r.name, r.uuid)]
-            return Result.HOSTLIST, DaemonSession.host_list_bytes(shown)
+            return Result.HOSTLIST, framing.host_list(shown)
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
-            return Result.PERM, DaemonSession.result_bytes(Result.PERM)
+            return Result.PERM, framing.result(Result.PERM)
         lock = self._locks.setdefault(req.target.lower(), asyncio.Lock())
         async with lock:
             await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
@@ -202,7 +230,7 @@ class FenceService:
             code = await asyncio.to_thread(self.backend.execute, req.op, req.target)
         if not lock.locked():
             self._locks.pop(req.target.lower(), None)
-        return code, DaemonSession.result_bytes(code)
+        return code, framing.result(code)
 
     def _log(self, req: Request, outcome: str, detail: str) -> None:
         self.metrics[f"requests_{outcome}"] += 1
@@ -213,8 +241,8 @@ class FenceService:
             "request listener=%s requester=%s target=%s action=%s seqno=%d outcome=%s "
             "duration_ms=%.1f%s",
             req.listener,
-            req.requester,
-            req.target or "-",
+            printable(req.requester),
+            printable(req.target) or "-",
             req.action,
             req.seqno,
             outcome,

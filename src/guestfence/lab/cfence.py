@@ -304,9 +304,17 @@ class CDaemon:
     @property
     def argv(self) -> list[str]:
         cmd = [
-            "stdbuf", "-oL", "-eL",
-            self.binary, "-F", "-d", str(self.debug),
-            "-f", str(self.config.path), "-p", str(self.pid_path),
+            "stdbuf",
+            "-oL",
+            "-eL",
+            self.binary,
+            "-F",
+            "-d",
+            str(self.debug),
+            "-f",
+            str(self.config.path),
+            "-p",
+            str(self.pid_path),
         ]
         return self.ns.exec_argv(cmd) if self.ns is not None else cmd
 

@@ -17,6 +17,7 @@ Needs root.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -56,9 +57,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     argv = [IP, *args]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
-        raise LabError(
-            f"{' '.join(argv)} failed (rc {proc.returncode}): {proc.stderr.strip()}"
-        )
+        raise LabError(f"{' '.join(argv)} failed (rc {proc.returncode}): {proc.stderr.strip()}")
     return proc
 
 
@@ -163,10 +162,15 @@ class Namespace:
             ipv6 = _have_ipv6()
             if ipv6:
                 ns.run(
-                    ["sysctl", "-q", "-w",
-                     "net.ipv6.conf.all.disable_ipv6=0",
-                     "net.ipv6.conf.lo.disable_ipv6=0"],
-                    check=True, capture_output=True,
+                    [
+                        "sysctl",
+                        "-q",
+                        "-w",
+                        "net.ipv6.conf.all.disable_ipv6=0",
+                        "net.ipv6.conf.lo.disable_ipv6=0",
+                    ],
+                    check=True,
+                    capture_output=True,
                 )
             ns.ip("link", "set", "lo", "up")
             if lo_multicast:
@@ -196,6 +200,27 @@ class Namespace:
             return []
         out = _ip("netns", "pids", self.name, check=False).stdout
         return [int(tok) for tok in out.split() if tok.isdigit()]
+
+    def contains(self, pid: int) -> bool:
+        """True if process ``pid`` is (already) inside this namespace."""
+        try:
+            mine = os.stat(self.path)
+            theirs = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+    def wait_entered(self, pid: int, timeout: float = 5.0) -> None:
+        """Wait until ``pid`` (just started by :meth:`popen`) has entered the namespace.
+
+        ``ip netns exec`` switches namespace after it starts, so right after
+        :meth:`popen` the child may still be in the caller's namespace.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.contains(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"process {pid} did not enter namespace {self.name}")
+            time.sleep(_POLL)
 
     # -- running things inside ---------------------------------------------
 
@@ -231,10 +256,8 @@ class Namespace:
             if time.monotonic() > deadline:
                 raise LabError(f"processes {pids} in namespace {self.name} survive SIGKILL")
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(_POLL)
 
     def destroy(self, timeout: float = 5.0) -> None:
@@ -338,8 +361,7 @@ def build_lan(
             ns = Namespace.create(prefix + host, lo_multicast=False, lo_ipv6=None)
             lan.hosts[host] = ns
             port = f"veth{n}"  # at most 7 characters, well under IFNAMSIZ
-            bridge.ip("link", "add", port, "type", "veth", "peer", "name", "eth0",
-                      "netns", ns.name)
+            bridge.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
             bridge.ip("link", "set", port, "master", lan.bridge_ifname, "up")
             addr = f"{subnet}.{n}"
             ns.ip("addr", "add", f"{addr}/24", "dev", "eth0")

@@ -23,7 +23,6 @@ import enum
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from guestfence.errors import AuthError, ProtocolError
 from guestfence.virt.wire import (
@@ -76,12 +75,12 @@ class ClientState(enum.Enum):
     DONE = "done"
 
 
-@dataclass
 class ClientOutcome:
     """What the client learnt once the exchange is complete."""
 
-    result: int | None = None
-    hosts: list[HostRecord] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.result: int | None = None
+        self.hosts: list[HostRecord] = []
 
 
 class ClientSession:

@@ -26,18 +26,13 @@ from guestfence.host.config import (
     VsockListenerConfig,
 )
 from guestfence.host.history import request_key
-from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request
+from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request, printable
 from guestfence.virt.wire import REQUEST_SIZE, FenceRequest, verify_request
 
 log = logging.getLogger("guestfenced")
 
 CONNECT_BACK_TIMEOUT = 5.0
 REQUEST_READ_TIMEOUT = 3.0
-
-
-def printable(text: str) -> str:
-    """Untrusted strings (domain names from the network) made safe for one log line."""
-    return text.encode("unicode_escape").decode("ascii")
 
 
 def _verify(service: FenceService, block: bytes, requester: str) -> FenceRequest | None:
