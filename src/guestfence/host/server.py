@@ -28,6 +28,8 @@ log = logging.getLogger("guestfenced")
 AUTH_STEP_TIMEOUT = 10.0  # the C daemon's per-read limit during challenge/response
 WRITE_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 64
+DROP_LOG_WINDOW = 10.0  # seconds
+DROP_LOG_BURST = 20  # drop warnings per window before they are only counted
 OWNED_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
 ACL_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
 RESULT_NAMES = {0: "success", 1: "fail", 2: "off", 3: "denied", 253: "hostlist"}
@@ -138,6 +140,9 @@ class FenceService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drop_window_start = 0.0
+        self._drops_logged = 0
+        self._drops_suppressed = 0
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -155,10 +160,24 @@ class FenceService:
         return self._slots.locked()
 
     def drop(self, reason: str, requester: str, detail: str = "") -> None:
-        """A datagram or connection refused before any exchange: counted and logged."""
+        """A datagram or connection refused before any exchange: counted and logged.
+
+        Log lines are rate-limited so that a flood of bad datagrams cannot flood
+        the log; the count of suppressed lines is reported when logging resumes.
+        """
         self.metrics[f"dropped_{reason}"] += 1
-        log.warning("dropped request from %s: %s%s", requester, reason,
-                    f" ({detail})" if detail else "")
+        now = time.monotonic()
+        if now - self._drop_window_start >= DROP_LOG_WINDOW:
+            if self._drops_suppressed:
+                log.warning("%d more dropped request(s) not logged in the last %.0f s",
+                            self._drops_suppressed, DROP_LOG_WINDOW)
+            self._drop_window_start, self._drops_logged, self._drops_suppressed = now, 0, 0
+        if self._drops_logged >= DROP_LOG_BURST:
+            self._drops_suppressed += 1
+            return
+        self._drops_logged += 1
+        log.warning("dropped request from %s: %s%s", printable(requester), reason,
+                    f" ({printable(detail)})" if detail else "")
 
     async def owns(self, target: str) -> bool:
         try:

@@ -112,7 +112,7 @@ class OurDaemon:
             return "\n".join(self._lines) + ("\n" if self._lines else "")
 
     def request_lines(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if " request " in line]
+        return [line for line in self.log_text().splitlines() if " request listener=" in line]
 
     def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
         """The first log line containing ``needle``; waits for the drain thread to see it."""
