@@ -116,7 +116,7 @@ def ask_list(conn: socket.socket, requester_view: str = "") -> tuple[list[HostRe
     conn.sendall(request(Op.HOSTLIST, requester_view).pack())
     buffer = bytearray()
     assert read_answer(conn, buffer) == 253
-    records = []
+    records: list[HostRecord] = []
     while True:
         while len(buffer) < HOST_RECORD_SIZE:
             buffer += conn.recv(4096)
@@ -281,12 +281,12 @@ class PtyBridge:
 
     def _run(self) -> None:
         while True:
-            ready, _, _ = select.select([self.master, self.conn, self._stop_r], [], [])
+            ready, _, _ = select.select([self.master, self.conn.fileno(), self._stop_r], [], [])
             if self._stop_r in ready:
                 return
             if self.master in ready:
                 self.conn.sendall(os.read(self.master, 4096))
-            if self.conn in ready:
+            if self.conn.fileno() in ready:
                 data = self.conn.recv(4096)
                 if not data:
                     return
@@ -327,6 +327,10 @@ def test_fence_virt_on_a_pty(
     bridge = pty_bridge(lab.conns["guest1"])
     status = run_client(client, bridge.path, "-o", "status", "-H", "guest1")
     assert status.returncode == 0, status
+    assert status.stdout == "Status: ON\n"
+    # A pty has no modem lines: the C client's TIOCMGET fails with ENOTTY, it prints
+    # "ioctl1: Inappropriate ioctl for device", skips the DTR/RTS pulse and carries on.
+    assert status.stderr in ("", "ioctl1: Inappropriate ioctl for device\n"), status
     listing = run_client(client, bridge.path, "-o", "list")
     assert listing.returncode == 0, listing
     lines = listing.stdout.splitlines()
@@ -431,4 +435,51 @@ async def _follow_domains(tmp_path: Path) -> None:
             dom.undefine()
         conn.close()
         for port in ports.values():
+            port.close()
+
+
+def test_vmchannel_mode_takes_channels_in_the_configured_directory(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(_vmchannel(tmp_path), 30))
+
+
+async def _vmchannel(tmp_path: Path) -> None:
+    uri = "test:///default"
+    (tmp_path / "fence").mkdir()
+    channel = FakeSerialPort(tmp_path / "fence" / "vmc.sock")  # a qemu guestfwd channel
+    agent = FakeSerialPort(tmp_path / "agent.sock")  # e.g. the guest agent's channel
+    serial = FakeSerialPort(tmp_path / "fence" / "serial.sock")
+    targets = {"vmc": "<target type='guestfwd' address='10.0.2.179' port='1229'/>",
+               "agent": "<target type='virtio' name='org.qemu.guest_agent.0'/>",
+               "serial": "<target port='0'/>"}
+    devices = "".join(
+        f"<{tag} type='unix'><source mode='bind' path='{port.path}'/>{targets[port.path.stem]}"
+        f"</{tag}>"
+        for tag, port in (("channel", channel), ("channel", agent), ("serial", serial)))
+    conn = libvirt.open(uri)
+    dom = conn.defineXML(f"<domain type='test'><name>gf-vmchannel</name><uuid>{UUID1}</uuid>"
+                         "<memory>262144</memory><os><type>hvm</type></os>"
+                         f"<devices>{devices}</devices></domain>")
+    backend = LibvirtBackend([uri], power_timeout=5)
+    service = FenceService(backend, AccessMap(()), b"", HashType.NONE, HashType.NONE)
+    config = SerialListenerConfig("", uri, str(tmp_path / "fence"), "vmchannel")
+    listener = SerialListener(config, service)
+    try:
+        dom.create()
+        await listener.start()
+        sock = await asyncio.to_thread(channel.accept)
+        assert await asyncio.to_thread(ask, sock, request(Op.STATUS, "gf-vmchannel")) == 0
+        # all connections were started by the same scan, before that answer
+        for port in (agent, serial):
+            port.listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                port.listener.accept()
+    finally:
+        await listener.stop()
+        await service.drain()
+        backend.close()
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+        conn.close()
+        for port in (channel, agent, serial):
             port.close()

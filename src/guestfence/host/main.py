@@ -203,11 +203,15 @@ def main(argv: list[str] | None = None) -> None:
         foreground = args.foreground or config.foreground
         _key_and_algorithms(config)  # fail before forking: the operator sees the message
         check_pidfile(args.pidfile)
+        if not (args.wait or config.wait_for_init):
+            # Probe the backend now, so a wrong URI is reported here, before forking and
+            # before any pid file exists. The real connections are opened after the fork.
+            make_backend(config).close()
         if not foreground:
             daemonize()
         setup_logging(level, foreground)
         write_pidfile(args.pidfile)
-    except (ConfigError, KeyFileError, GuestfenceError, OSError) as e:
+    except (ConfigError, KeyFileError, BackendError, GuestfenceError, OSError) as e:
         print(f"guestfenced: {e}", file=sys.stderr)
         sys.exit(1)
     started = time.monotonic()

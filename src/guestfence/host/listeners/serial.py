@@ -90,15 +90,15 @@ class RequestFramer:
             if len(self.buffer) < SERIAL_REQUEST_SIZE:
                 return found
             request = _well_formed(bytes(self.buffer[:SERIAL_REQUEST_SIZE]))
-            if request is None:
-                self._skip(len(SERIAL_MAGIC_BYTES))  # "abba" inside garbage; look further
+            if request is None:  # "abba" in garbage; one byte on, as magics may overlap
+                self._skip(1)
                 continue
             found.append(request)
             del self.buffer[:SERIAL_REQUEST_SIZE]
 
     def drop_partial(self) -> list[SerialRequest]:
         """The rest of a request did not come: forget its magic and rescan what is left."""
-        self._skip(len(SERIAL_MAGIC_BYTES))
+        self._skip(1)
         return self.feed(b"")
 
     def _skip(self, n: int) -> None:
@@ -154,10 +154,13 @@ class SerialListener:
         self._watcher: DomainWatcher | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._watcher = DomainWatcher(self.config.uri, loop, self._wake.set)
-        await asyncio.to_thread(self._watcher.open)
-        await self._rescan()
+        self._watcher = DomainWatcher(self.config.uri, asyncio.get_running_loop(), self._wake.set)
+        try:
+            await asyncio.to_thread(self._watcher.open)
+            await self._rescan()
+        except OSError:
+            await self.stop()  # main may call start() again (-w)
+            raise
         self._track(asyncio.create_task(self._rescan_loop()))
         cfg = self.config
         log.info("serial listener (mode %s) on %s%s: %d socket(s)", cfg.mode,
@@ -215,7 +218,6 @@ class SerialListener:
 
     async def _channel(self, path: str, dom: RunningDomain) -> None:
         """Stay connected to one socket for as long as its domain runs."""
-        loop = asyncio.get_running_loop()
         delay = RECONNECT_MIN
         failures = 0
         while True:
@@ -229,9 +231,9 @@ class SerialListener:
             else:
                 failures = 0
                 log.info("serial: connected to %s of domain %s (%s)", path, dom.name, dom.uuid)
-                opened = loop.time()
+                opened = time.monotonic()
                 await self._connection(dom, reader, writer)
-                if loop.time() - opened >= STABLE_CONNECTION:
+                if time.monotonic() - opened >= STABLE_CONNECTION:
                     delay = RECONNECT_MIN
                 log.warning("serial: %s of domain %s was closed; reconnecting", path, dom.name)
                 self._wake.set()  # perhaps the domain stopped: let a rescan decide
