@@ -178,7 +178,8 @@ class ParamTable:
                 if key not in IGNORED_STDIN_NAMES:
                     parsed.warnings.append(f"Parse error: Ignoring unknown option '{line}'")
                 continue
-            self._store(parsed, param, value if eq and value != "" else None, f"stdin line {number}")
+            given = value if eq and value != "" else None
+            self._store(parsed, param, given, f"stdin line {number}")
         return parsed
 
     # ------------------------------------------------------------------ common

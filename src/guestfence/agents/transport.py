@@ -207,7 +207,9 @@ def tcp_connect(address: str, port: int, connect_timeout: float = 3.0) -> Iterat
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise TransportError(f"Invalid address: '{address}' (a numeric IP address is needed)")
+        raise TransportError(
+            f"Invalid address: '{address}' (a numeric IP address is needed)"
+        ) from None
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(connect_timeout)

@@ -10,6 +10,7 @@ domain are serialised so that an ``off`` and an ``on`` cannot interleave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -115,10 +116,8 @@ class AsyncioStream:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
-        except (OSError, TimeoutError):
-            pass
 
 
 class FenceService:

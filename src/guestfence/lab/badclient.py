@@ -59,10 +59,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 def run(a: argparse.Namespace) -> dict[str, object]:
     key = read_key(a.key) if a.key else b""
-    if a.sign_key:
-        key_for_signing = read_key(a.sign_key)
-    else:
-        key_for_signing = key
+    key_for_signing = read_key(a.sign_key) if a.sign_key else key
     hash_type = HashType.from_name(a.hash)
     out: dict[str, object] = {"mode": a.mode}
     started = time.monotonic()

@@ -66,7 +66,9 @@ class HashType(enum.IntEnum):
         try:
             return cls[name.strip().upper()]
         except KeyError:
-            raise ValueError(f"unknown hash {name!r}; expected none, sha1, sha256 or sha512") from None
+            raise ValueError(
+                f"unknown hash {name!r}; expected none, sha1, sha256 or sha512"
+            ) from None
 
     @property
     def label(self) -> str:

@@ -16,6 +16,7 @@ connection objects are thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid as uuidlib
@@ -77,14 +78,14 @@ class LibvirtBackend:
         try:
             return libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise BackendError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from e
+            raise BackendError(
+                f"cannot connect to libvirt at {uri}: {e.get_error_message()}"
+            ) from e
 
     def close(self) -> None:
         for conn in self._conns.values():
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
         self._conns.clear()
 
     # --------------------------------------------------------------- connection care
@@ -191,11 +192,9 @@ class LibvirtBackend:
         _, dom = found
         if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
             return Result.SUCCESS
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
+        with contextlib.suppress(libvirt.libvirtError):
             # it may have stopped by itself in the meantime; the check below decides
-            pass
+            dom.destroy()
         return Result.SUCCESS if self._wait_off(dom) else Result.FAIL
 
     def _wait_off(self, dom: Any) -> bool:
@@ -240,10 +239,8 @@ class LibvirtBackend:
             return Result.SUCCESS  # documented: reboot does not power on a VM that is off
         xml = dom.XMLDesc(0)
         persistent = bool(dom.isPersistent())
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
-        except libvirt.libvirtError:
-            pass
         if not self._wait_off(dom):
             return Result.FAIL
         try:
