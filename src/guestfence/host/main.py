@@ -181,7 +181,7 @@ async def serve(config: Config, wait: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: finishing %d request(s) in flight", len(service._tasks))
+    log.info("stopping: finishing %d request(s) in flight", service.in_flight())
     await listener.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(service.drain(), 20.0)

@@ -21,6 +21,7 @@ from typing import Protocol
 from guestfence.errors import AuthError, BackendError, ProtocolError
 from guestfence.host.acl import AccessMap
 from guestfence.host.history import History, RequestKey
+from guestfence.host.keyedlock import KeyedLocks
 from guestfence.virt.handshake import DaemonSession
 from guestfence.virt.wire import HashType, HostRecord, Op, Result
 
@@ -136,7 +137,7 @@ class FenceService:
         self.min_hash = min_hash
         self.history = History()
         self.metrics: Counter[str] = Counter()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drop_window_start = 0.0
@@ -155,8 +156,8 @@ class FenceService:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def busy(self) -> bool:
-        return self._slots.locked()
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def drop(self, reason: str, requester: str, detail: str = "") -> None:
         """A datagram or connection refused before any exchange: counted and logged.
@@ -240,14 +241,11 @@ class FenceService:
             return Result.HOSTLIST, framing.host_list(shown)
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
             return Result.PERM, framing.result(Result.PERM)
-        lock = self._locks.setdefault(req.target.lower(), asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(req.target.lower()):
             await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
             if stream.peer_gone():
                 return None, b""
             code = await asyncio.to_thread(self.backend.execute, req.op, req.target)
-        if not lock.locked():
-            self._locks.pop(req.target.lower(), None)
         return code, framing.result(code)
 
     def _log(self, req: Request, outcome: str, detail: str) -> None:
