@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from guestfence.lab.ourdaemon import daemon_config_text
+from guestfence.lab.netns import Namespace
+from guestfence.lab.ourdaemon import daemon_config_text, venv_tool
 from guestfence.lab.testdriver import default_guests, node_uri, write_node_xml
 
 pytestmark = pytest.mark.integration
@@ -97,3 +101,32 @@ def test_mutated_configs_never_crash(good_conf: Path, tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr, r.stderr
         # (libvirt's test driver may let libxml2 print a line of its own first)
         assert any(x.startswith("guestfenced: ") for x in r.stderr.splitlines()), r.stderr
+
+
+def test_daemonises_writes_pidfile_and_refuses_a_second_instance(
+        netns: Namespace, tmp_path: Path, tmp_key: Path) -> None:
+    write_node_xml(tmp_path / "node.xml", default_guests(count=1))
+    conf = tmp_path / "gf.conf"
+    conf.write_text(daemon_config_text(str(tmp_key), [node_uri(tmp_path / "node.xml")]))
+    pidfile = tmp_path / "gf.pid"
+    argv = [sys.executable, "-m", "guestfence.host.main", "-f", str(conf), "-p", str(pidfile)]
+    first = netns.run(argv, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0, first.stderr
+    deadline = time.monotonic() + 10
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, "no pid file"
+        time.sleep(0.02)
+    pid = int(pidfile.read_text())
+    try:
+        r = netns.run([venv_tool("fence_xvm"), "-k", str(tmp_key), "-o", "status", "-H",
+                       "guest1"], capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout.strip()) == (0, "Status: ON")
+        second = netns.run(argv, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"already running as pid {pid}" in second.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while pidfile.exists():
+        assert time.monotonic() < deadline, "pid file not removed on SIGTERM"
+        time.sleep(0.02)

@@ -126,7 +126,8 @@ def check_pidfile(path: str) -> None:
             cmdline = f.read()
     except OSError:
         return
-    if b"guestfenced" in cmdline:
+    # matches both the console script (.../guestfenced) and python -m guestfence.host.main
+    if b"guestfence" in cmdline:
         raise GuestfenceError(f"guestfenced is already running as pid {pid} (pid file {path})")
 
 
