@@ -8,18 +8,23 @@ and ``_`` equivalent, so the alias pairs of §1.2 come for free.
 
 An agent describes itself with an :class:`AgentSpec`; :func:`agent_params`
 turns that into the full option list (standard options, opt-in groups, its own
-options) and :func:`validate` turns parsed values into :class:`Options`.
+options), :class:`AgentParamTable` parses argv or stdin, :func:`validate` turns
+the parsed values into :class:`Options`, and :class:`RunLogging` gives quiet,
+verbose and debug_file their meaning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TextIO
 
-from guestfence.agent.params import Param, UsageError, normalise_name
+from guestfence.agent.params import Param, ParamTable, ParsedInput, UsageError, normalise_name
 from guestfence.errors import ConfigError
 
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 TRUE_WORDS = ("1", "yes", "on", "true")
 FALSE_WORDS = ("0", "no", "off", "false")
 
@@ -86,17 +91,8 @@ SEPARATOR = Param("separator", "Separator for CSV created by 'list' operation", 
 METHOD = Param("method", "Method to fence", short="m", long="method", default="onoff",
                content="select", choices=("onoff", "cycle"), metavar="method")
 
-# Metadata sort key is (order, name), as in fence-agents: connection options first,
-# then the agent's own (AGENT_ORDER), then logging/help, then separators and timing.
-ORDER = {"quiet": 50, "verbose": 51, "verbose_level": 52, "debug": 53, "version": 54,
-         "help": 55, "plug_separator": 100, "separator": 100, "retry_on": 201}
-ORDER.update(dict.fromkeys(("delay", "disable_timeout", "login_timeout", "power_timeout",
-                            "power_wait", "shell_timeout", "stonith_status_sleep"), 200))
-AGENT_ORDER = 2  # standard options not listed above have order 1
-
 LIST_ACTIONS = ("list", "list-status")
 NO_PLUG_ACTIONS = ("list", "list-status", "monitor", "validate-all")
-LOCAL_ACTIONS = ("metadata", "manpage", "validate-all")
 # validate-all also runs without a plug: Pacemaker validates the configured
 # parameters, and the plug is only supplied per target at fencing time.
 
@@ -175,51 +171,36 @@ def agent_params(spec: AgentSpec) -> tuple[Param, ...]:
     return tuple(params)
 
 
-def getopt_form(p: Param) -> str:
-    """The option part of a help line: ``-a, --ip=[ip]``, ``--ssl-insecure``."""
-    long = f"--{p.long}" + ("" if p.arity == "none" else f"=[{p.metavar or 'value'}]")
-    return f"-{p.short}, {long}" if p.short else long
+# --- from input to Options -------------------------------------------------------
 
 
-def metadata_of(spec: AgentSpec) -> AgentMetadata:
-    """fence-agents style metadata: internal keys that differ from their long option
-    appear twice, the internal key deprecated and the long spelling obsoleting it."""
-    from guestfence.agent.metadata import AgentMetadata, MetaAction, MetaParam
+class AgentParamTable(ParamTable):
+    """On stdin, an unusable value (a flag that is not 1/yes/on/true or 0/no/off/false,
+    an empty value for an option that needs one) is ignored with a warning, as
+    fence-agents does, instead of failing the run: the fencer's input is not
+    interactive, and validation still reports what is then missing."""
 
-    entries: list[tuple[int, str, MetaParam]] = []
-    own = {p.name for p in spec.params}
-    for p in agent_params(spec):
-        order = AGENT_ORDER if p.name in own else ORDER.get(p.name, 1)
-        meta = MetaParam(
-            name=p.name,
-            getopt=getopt_form(p),
-            shortdesc=p.shortdesc,
-            content=p.content,
-            default=p.meta_default if p.meta_default is not None else p.default,
-            required=p.meta_required if p.meta_required is not None else p.required,
-            options=p.choices,
-        )
-        spelled = normalise_name(p.long or p.name)
-        if spelled == p.name:
-            entries.append((order, p.name, meta))
-        else:
-            entries.append((order, p.name, _replace(meta, deprecated=True)))
-            entries.append((order, spelled, _replace(meta, name=spelled, obsoletes=p.name)))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    on_target = spec.fabric if spec.on_target is None else spec.on_target
-    actions = [MetaAction("on", on_target=on_target, automatic=spec.fabric)]
-    actions += [MetaAction(a) for a in spec.actions()[1:]]
-    return AgentMetadata(spec.name, spec.shortdesc, spec.longdesc, spec.vendor_url,
-                         [e[2] for e in entries], actions, spec.symlinks)
+    def _store(self, parsed: ParsedInput, param: Param, value: str | None, origin: str) -> None:
+        try:
+            super()._store(parsed, param, value, origin)
+        except UsageError:
+            if not parsed.from_stdin:
+                raise
+            reason = ("does not have value 1/yes/on/true or 0/no/off/false"
+                      if param.content == "boolean" else "has no value")
+            parsed.warnings.append(f"Parse error: Ignoring option '{param.name}' because it "
+                                   f"{reason}")
 
 
-def _replace(meta: MetaParam, **changes: object) -> MetaParam:
-    import dataclasses
-
-    return dataclasses.replace(meta, **changes)  # type: ignore[arg-type]
-
-
-# --- from parsed values to Options ------------------------------------------------
+def verbose_level(values: Mapping[str, str]) -> int:
+    """verbose_level wins; else the -v count (argv) or verbose=<flag or number> (stdin)."""
+    for name in ("verbose_level", "verbose"):
+        raw = values.get(name, "").strip().lower()
+        if raw.isdigit():
+            return int(raw)
+        if raw in TRUE_WORDS:
+            return 1
+    return 0
 
 
 def apply_defaults(spec: AgentSpec, given: Mapping[str, str]) -> dict[str, str]:
@@ -245,6 +226,48 @@ def normalise_action(spec: AgentSpec, raw: str) -> str:
     if action not in spec.actions():
         raise UsageError(f"Failed: Unrecognised action '{raw}'")
     return action
+
+
+class RunLogging:
+    """What quiet, verbose and debug_file mean (§1.6): handlers on the "guestfence"
+    logger for one run (so agents' module loggers are included), removed afterwards."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.logger = logging.getLogger("guestfence")
+        self.saved = (self.logger.level, self.logger.propagate)
+        self.formatter = logging.Formatter(LOG_FORMAT)
+        self.stderr = logging.StreamHandler(stream)
+        self.stderr.setFormatter(self.formatter)
+        self.stderr.setLevel(logging.WARNING)
+        self.handlers: list[logging.Handler] = [self.stderr]
+        self.logger.addHandler(self.stderr)
+        self.logger.setLevel(logging.WARNING)
+        self.logger.propagate = False  # exactly one "<time> <LEVEL>: <msg>" line on stderr
+
+    def configure(self, values: Mapping[str, str]) -> None:
+        level = verbose_level(values)
+        if "quiet" in values:
+            self.logger.removeHandler(self.stderr)
+        elif level > 0:
+            self.stderr.setLevel(logging.DEBUG)
+        if "debug" in values:
+            try:
+                handler = logging.FileHandler(values["debug"])
+            except OSError as e:
+                self.logger.error("Unable to create file %s: %s", values["debug"], e.strerror)
+            else:
+                handler.setFormatter(self.formatter)
+                self.handlers.append(handler)
+                self.logger.addHandler(handler)
+        if level > 0 or "debug" in values:
+            self.logger.setLevel(logging.DEBUG)
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+        self.logger.setLevel(self.saved[0])
+        self.logger.propagate = self.saved[1]
 
 
 REQUIRED_MESSAGES = {"ipaddr": "You have to enter fence address",
@@ -275,6 +298,8 @@ def validate(spec: AgentSpec, given: Mapping[str, str], action: str,
                 raise UsageError(f"Failed: The value you have entered for --{p.long} is not "
                                  f"a valid {kind}")
             vals[p.name] = str(int(value))
+    if "ipport" in vals and not 0 < int(vals["ipport"]) < 65536:
+        raise UsageError("Failed: The value you have entered for --ipport is not a valid port")
     if spec.passwd and spec.password_required and not ({"passwd", "passwd_script"} & set(vals)):
         raise UsageError("Failed: You have to enter password or password script")
     if "ssl_secure" in vals and "ssl_insecure" in vals:
