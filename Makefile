@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 libvirt-clients \
-	fence-virt fence-virtd fence-agents iproute2 libxml2-utils hyperfine
+	fence-virt fence-virtd fence-agents iproute2 libxml2-utils hyperfine \
+	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
