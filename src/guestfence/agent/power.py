@@ -8,7 +8,8 @@ multi-plug states must all agree, false flags are unset, no list "NOTICE").
 
 Exit codes: 0 success, 1 any failure, 2 only for ``status`` when the plug
 is off. A single-plug ``monitor`` answers 0 for a reachable device whatever
-its state: Pacemaker fails the stonith resource on any other code. Results go to stdout, log lines to stderr.
+its state: Pacemaker fails the stonith resource on any other code. Results go
+to stdout, log lines to stderr.
 """
 
 from __future__ import annotations
