@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("path", nargs="?", default="/etc/cluster/fence_xvm.key")
     keygen.add_argument("--force", action="store_true", help="replace an existing file")
+
+    manpages = sub.add_parser(
+        "manpages",
+        help="write the agents' man pages (section 8) into a directory",
+        description="Render fence_xvm(8) and fence_virt(8) from the agents' metadata.",
+    )
+    manpages.add_argument("directory", nargs="?", default="man")
     return p
 
 
@@ -54,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
 
             write_key(args.path, force=args.force)
             print(f"wrote {args.path} (4096 random bytes, mode 0600)")
+            return
+        if args.command == "manpages":
+            from guestfence.manpages import write_manpages
+
+            for path in write_manpages(args.directory):
+                print(f"wrote {path}")
             return
         parser.print_help()
         sys.exit(2)

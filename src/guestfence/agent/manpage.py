@@ -35,7 +35,7 @@ EXIT_STATUS = (
     ("0", "Success; for status, the plug is ON."),
     ("1", "Any failure: bad parameters, login or connection failure, timeout, power state "
           "not reached, unknown plug."),
-    ("2", "status (and monitor of a single-plug device) only: reachable, but the plug is OFF."),
+    ("2", "status only: reachable, but the plug is OFF."),
 )
 
 
@@ -131,7 +131,12 @@ def _tagged(tag: str, body: str) -> list[str]:
     return [".TP", f".B {tag}", body]
 
 
-def render_manpage(meta: AgentMetadata, version: str = "", date: str = "") -> str:
+def render_manpage(
+    meta: AgentMetadata,
+    version: str = "",
+    date: str = "",
+    exit_status: Sequence[tuple[str, str]] = EXIT_STATUS,
+) -> str:
     """A section-8 man page. ``date`` is left out unless given (reproducible builds)."""
     source = f"guestfence {version}".strip()
     out = [f'.TH {meta.name.upper()} 8 "{date}" "{source}" "Fence agents"',
@@ -168,7 +173,7 @@ def render_manpage(meta: AgentMetadata, version: str = "", date: str = "") -> st
     out += _stdin_section(meta.params)
     names = {a.name for a in meta.actions}
     out.append(".SH EXIT STATUS")
-    for code, text in EXIT_STATUS:
+    for code, text in exit_status:
         if code != "2" or "status" in names:
             out += _tagged(code, _esc(text))
     out += [".SH SEE ALSO", "stonith_admin(8), pacemaker\\-fenced(7)"]
@@ -181,6 +186,8 @@ def _stdin_section(params: Sequence[MetaParam]) -> list[str]:
         if p.deprecated:
             replacement = next((q.name for q in params if q.obsoletes == p.name), None)
             body = f"Deprecated; same as {_opt(replacement)}." if replacement else "Deprecated."
+            if p.getopt:
+                body += f" Command line: {_opt(p.getopt)}."
             out += _tagged(_opt(p.name), body)
         else:
             body = _param_text(p)
