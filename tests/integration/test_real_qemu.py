@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,35 @@ def test_off_returns_only_when_qemu_is_gone(
         assert off.returncode == 0, off.stdout + off.stderr
         assert status() == (2, "Status: OFF")
         assert any("outcome=" in line for line in daemon.request_lines())
+
+
+def test_daemon_reconnects_after_libvirtd_restart(
+    libvirt_lab: LibvirtLab, netns: Namespace, tmp_path: Path, tmp_key: Path
+) -> None:
+    """libvirtd goes away under a running guestfenced: failures meanwhile, never a hang;
+    once libvirtd is back on the same socket the daemon reconnects by itself."""
+    libvirt_lab.define_and_start(GUEST, memory_mib=64)
+    conf = tmp_path / "guestfenced.conf"
+    conf.write_text(daemon_config_text(str(tmp_key), [libvirt_lab.uri]))
+    conf.chmod(0o600)
+
+    def agent(*args: str) -> subprocess.CompletedProcess[str]:
+        return netns.run([venv_tool("fence_xvm"), "-k", str(tmp_key), "-t", "5", *args],
+                         capture_output=True, text=True, timeout=30)
+
+    with OurDaemon(conf, namespace=netns) as daemon:
+        assert agent("-o", "status", "-H", GUEST).returncode == 0, daemon.log_text()
+        libvirt_lab.stop()
+        t0 = time.monotonic()
+        down = agent("-o", "monitor")
+        assert down.returncode == 1, down.stdout + down.stderr
+        assert time.monotonic() - t0 < 6
+        restarted = LibvirtLab(libvirt_lab.scratch, netns)  # same scratch: same socket
+        try:
+            restarted.start()
+            restarted.start_domain(GUEST)  # the definition persisted, as on a real host
+            assert agent("-o", "monitor").returncode == 0, daemon.log_text()
+            r = agent("-o", "status", "-H", GUEST)
+            assert (r.returncode, r.stdout.strip()) == (0, "Status: ON"), daemon.log_text()
+        finally:
+            restarted.stop()
