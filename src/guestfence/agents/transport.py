@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from guestfence.errors import AuthError, ProtocolError, TransportError
+from guestfence.errors import TransportError
 from guestfence.virt.handshake import ClientOutcome, ClientSession
 from guestfence.virt.wire import (
     HOST_RECORD_SIZE,
@@ -75,8 +75,6 @@ def converse(sock: socket.socket, session: ClientSession, deadline: float) -> Cl
                 sock.sendall(reply)
     except TimeoutError as e:
         raise TimedOut("Timed out waiting for response") from e
-    except (AuthError, ProtocolError):
-        raise
     except OSError as e:
         raise TransportError(f"connection to fence_virtd failed: {e.strerror or e}") from e
     return session.outcome

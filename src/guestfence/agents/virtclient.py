@@ -25,7 +25,7 @@ from typing import NamedTuple, TextIO
 
 from guestfence.agent.params import ParamTable, UsageError, parse_int
 from guestfence.agents import virtparams
-from guestfence.errors import AuthError, GuestfenceError, KeyFileError, ProtocolError
+from guestfence.errors import AuthError, GuestfenceError, KeyFileError
 from guestfence.virt.handshake import ClientOutcome
 from guestfence.virt.wire import (
     DEFAULT_IPV4_GROUP,
@@ -209,13 +209,11 @@ def _execute(inv: Invocation, is_xvm: bool) -> int:
             outcome = transport.stream_exchange(conn, block, key, auth, timeout)
         else:
             outcome = _serial(inv, op, port, timeout)
-    except transport.TimedOut as e:
-        raise Failure(f"{e}\nOperation failed") from None
+    except Failure:
+        raise
     except AuthError as e:
         raise Failure(str(e)) from None
-    except (ProtocolError, GuestfenceError) as e:
-        if isinstance(e, Failure):
-            raise
+    except GuestfenceError as e:  # timeouts, transport and protocol errors
         raise Failure(f"{e}\nOperation failed") from None
     return _report(inv, outcome)
 
