@@ -13,47 +13,96 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple, TextIO
 
 from guestfence.errors import ConfigError
+from guestfence.record import Record
 
-ContentType = Literal["string", "integer", "second", "boolean", "select"]
-Arity = Literal["none", "required", "optional"]
+TYPE_CHECKING = False  # typing is not imported at run time: agents start faster without it
+if TYPE_CHECKING:
+    from typing import Literal, TextIO
+
+    ContentType = Literal["string", "integer", "second", "boolean", "select"]
+    Arity = Literal["none", "required", "optional"]
 
 
 class UsageError(ConfigError):
     """Bad agent input: the message is printed, usage may follow, exit 1."""
 
 
-class Param(NamedTuple):
+class Param(Record):
     """One agent parameter.
 
     ``name`` is the stdin name and the key in the parsed values. ``aliases``
     are further stdin names (deprecated spellings). ``short`` is the getopt
     letter (without dash), ``long`` the GNU long option (without dashes).
+    ``implicit`` is the value of an option given without one (flags, ``-S``,
+    stdin ``debug``); ``repeat_counts`` makes ``-d -d`` mean 2; ``metavar``
+    is shown in help (``-o <operation>``); ``meta_required``/``meta_default``
+    override what the metadata says when it differs from the real behaviour.
     """
 
+    __slots__ = (
+        "aliases",
+        "arity",
+        "choices",
+        "content",
+        "default",
+        "implicit",
+        "in_help",
+        "long",
+        "meta_default",
+        "meta_required",
+        "metavar",
+        "name",
+        "obsoletes",
+        "repeat_counts",
+        "required",
+        "short",
+        "shortdesc",
+    )
     name: str
     shortdesc: str
-    short: str | None = None
-    long: str | None = None
-    arity: Arity = "required"
-    default: str | None = None
-    content: ContentType = "string"
-    choices: tuple[str, ...] = ()
-    required: bool = False
-    aliases: tuple[str, ...] = ()
-    # value used when the option is given with no value (flags, -S, stdin "debug")
-    implicit: str = "1"
-    repeat_counts: bool = False  # -d -d -> 2
-    metavar: str = ""  # for help: "-o <operation>"
-    in_metadata: bool = True
-    in_help: bool = True
-    help_stdin: bool = True
-    meta_required: bool | None = None  # overrides required in metadata
-    meta_default: str | None = None  # metadata default if different from the real one
-    deprecated_aliases_in_metadata: tuple[tuple[str, str], ...] = ()  # (name, getopt)
-    obsoletes: str | None = None
+    short: str | None
+    long: str | None
+    arity: Arity
+    default: str | None
+    content: ContentType
+    choices: tuple[str, ...]
+    required: bool
+    aliases: tuple[str, ...]
+    implicit: str
+    repeat_counts: bool
+    metavar: str
+    in_help: bool
+    meta_required: bool | None
+    meta_default: str | None
+    obsoletes: str | None
+
+    def __init__(
+        self,
+        name: str,
+        shortdesc: str,
+        short: str | None = None,
+        long: str | None = None,
+        arity: Arity = "required",
+        default: str | None = None,
+        content: ContentType = "string",
+        choices: tuple[str, ...] = (),
+        required: bool = False,
+        aliases: tuple[str, ...] = (),
+        implicit: str = "1",
+        repeat_counts: bool = False,
+        metavar: str = "",
+        in_help: bool = True,
+        meta_required: bool | None = None,
+        meta_default: str | None = None,
+        obsoletes: str | None = None,
+    ) -> None:
+        self._set(name=name, shortdesc=shortdesc, short=short, long=long, arity=arity,
+                  default=default, content=content, choices=choices, required=required,
+                  aliases=aliases, implicit=implicit, repeat_counts=repeat_counts,
+                  metavar=metavar, in_help=in_help, meta_required=meta_required,
+                  meta_default=meta_default, obsoletes=obsoletes)
 
     def stdin_names(self) -> Iterable[str]:
         yield self.name
@@ -259,7 +308,7 @@ def help_text(
         "    arg2=value2",
         "",
     ]
-    lines += [_help_row(p.name, p.shortdesc) for p in params if p.in_help and p.help_stdin]
+    lines += [_help_row(p.name, p.shortdesc) for p in params if p.in_help]
     return "\n".join(lines) + "\n\n"
 
 

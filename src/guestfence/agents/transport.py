@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import select
 import socket
 import time
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from guestfence.errors import TransportError
+from guestfence.record import Record
 from guestfence.virt.handshake import ClientOutcome, ClientSession
 from guestfence.virt.wire import (
     HOST_RECORD_SIZE,
@@ -57,7 +56,7 @@ def _remaining(deadline: float) -> float:
 def fresh_seqno() -> int:
     # The C clients use the microseconds of the clock (0..999999); any u32 is
     # valid on the wire, and a random one cannot collide between parallel calls.
-    return secrets.randbits(32)
+    return int.from_bytes(os.urandom(4), "little")
 
 
 def converse(sock: socket.socket, session: ClientSession, deadline: float) -> ClientOutcome:
@@ -83,31 +82,14 @@ def converse(sock: socket.socket, session: ClientSession, deadline: float) -> Cl
 # ------------------------------------------------------------------------ multicast
 
 
-class MulticastTarget(NamedTuple):
+class MulticastTarget(Record):
+    __slots__ = ("family", "group", "port")
     group: str
     port: int
     family: int  # socket.AF_INET or socket.AF_INET6
 
-
-def local_addresses(family: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Every local address of ``family``, as the C client picks them.
-
-    The C client skips ``::1`` and IPv6 link-local addresses (the daemon cannot
-    call back to them without a scope); IPv4 loopback is kept.
-    """
-    import psutil  # imported here: it costs start-up time only for multicast
-
-    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family != family:
-                continue
-            addr = ipaddress.ip_address(a.address.split("%")[0])
-            if addr.version == 6 and (addr.is_loopback or addr.is_link_local):
-                continue
-            if addr not in found:
-                found.append(addr)
-    return found
+    def __init__(self, group: str, port: int, family: int) -> None:
+        self._set(group=group, port=port, family=family)
 
 
 def _send_datagram(
@@ -139,6 +121,8 @@ def multicast_exchange(
     earlier client cannot reach us. Waiting for the call-back is bounded by
     ``timeout``; the exchange after it by another ``timeout``.
     """
+    from guestfence.agents.localaddr import local_addresses
+
     sources = local_addresses(target.family)
     if not sources:
         raise TransportError("no local address to send the multicast request from")

@@ -21,11 +21,11 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, TextIO
 
 from guestfence.agent.params import ParamTable, UsageError, parse_int
 from guestfence.agents import virtparams
 from guestfence.errors import AuthError, GuestfenceError, KeyFileError
+from guestfence.record import Record
 from guestfence.virt.handshake import ClientOutcome
 from guestfence.virt.wire import (
     DEFAULT_IPV4_GROUP,
@@ -40,6 +40,10 @@ from guestfence.virt.wire import (
     SerialRequest,
     read_key,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 PROTOCOL_VERSION = "1.9.0"
 OPS = {
@@ -57,11 +61,15 @@ NO_TARGET_ACTIONS = {"monitor", "list", "list-status", "metadata", "meta-data", 
 UNDELAYED_ACTIONS = {"status", "monitor", "list", "list-status"}
 
 
-class Invocation(NamedTuple):
+class Invocation(Record):
+    __slots__ = ("action", "domain", "prog", "values")
     prog: str
     action: str
     domain: str
     values: dict[str, str]
+
+    def __init__(self, prog: str, action: str, domain: str, values: dict[str, str]) -> None:
+        self._set(prog=prog, action=action, domain=domain, values=values)
 
 
 class Failure(GuestfenceError):

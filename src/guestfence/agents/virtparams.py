@@ -7,11 +7,10 @@ C agents' output.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from guestfence.agent.params import Param, help_text
 from guestfence.virt.wire import DEFAULT_KEY_FILE
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from guestfence.agent.metadata import AgentMetadata
 
@@ -135,8 +134,6 @@ def metadata(prog: str, params: tuple[Param, ...]) -> AgentMetadata:
 
     meta_params = []
     for p in params:
-        if not p.in_metadata:
-            continue
         required = p.meta_required if p.meta_required is not None else False
         default = p.meta_default if p.meta_default is not None else p.default
         if p.name in ("port", "domain"):

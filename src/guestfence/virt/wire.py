@@ -17,9 +17,9 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
 
 from guestfence.errors import AuthError, KeyFileError, ProtocolError
+from guestfence.record import Record
 
 KEY_MAX_BYTES = 4096
 DIGEST_FIELD = 64
@@ -144,21 +144,36 @@ def decode_c_string(field: bytes, what: str) -> str:
         raise ProtocolError(f"{what} field is not valid UTF-8") from e
 
 
-class FenceRequest(NamedTuple):
+class FenceRequest(Record):
     """A decoded request block. ``address``/``port`` are the multicast call-back target.
 
-    NamedTuple rather than a dataclass: the agents import this module on every
+    A Record rather than a dataclass: the agents import this module on every
     run, and importing ``dataclasses`` costs more than 10 ms of start-up.
     """
 
+    __slots__ = ("address", "domain", "flags", "hash_type", "op", "port", "random", "seqno")
     op: int
-    domain: str = ""
-    hash_type: HashType = HashType.SHA256
-    flags: int = 0
-    address: IPAddress | None = None
-    port: int = 0
-    seqno: int = 0
-    random: bytes = bytes(6)
+    domain: str
+    hash_type: HashType
+    flags: int
+    address: IPAddress | None
+    port: int
+    seqno: int
+    random: bytes
+
+    def __init__(
+        self,
+        op: int,
+        domain: str = "",
+        hash_type: HashType = HashType.SHA256,
+        flags: int = 0,
+        address: IPAddress | None = None,
+        port: int = 0,
+        seqno: int = 0,
+        random: bytes = bytes(6),
+    ) -> None:
+        self._set(op=op, domain=domain, hash_type=hash_type, flags=flags, address=address,
+                  port=port, seqno=seqno, random=random)
 
     @property
     def family(self) -> int:
@@ -266,10 +281,14 @@ VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_SHUTOFF = 5
 
 
-class HostRecord(NamedTuple):
+class HostRecord(Record):
+    __slots__ = ("name", "state", "uuid")
     name: str
     uuid: str
     state: int  # raw libvirt virDomainState
+
+    def __init__(self, name: str, uuid: str, state: int) -> None:
+        self._set(name=name, uuid=uuid, state=state)
 
     @property
     def is_on(self) -> bool:
@@ -303,11 +322,15 @@ SERIAL_REQUEST_SIZE = SERIAL_REQUEST_FORMAT.size  # 74
 SERIAL_RESPONSE_SIZE = 5
 
 
-class SerialRequest(NamedTuple):
+class SerialRequest(Record):
+    __slots__ = ("domain", "flags", "op", "seqno")
     op: int
     domain: str
     seqno: int
-    flags: int = 0
+    flags: int
+
+    def __init__(self, op: int, domain: str, seqno: int, flags: int = 0) -> None:
+        self._set(op=op, domain=domain, seqno=seqno, flags=flags)
 
     def pack(self) -> bytes:
         return SERIAL_REQUEST_FORMAT.pack(

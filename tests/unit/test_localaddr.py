@@ -1,0 +1,58 @@
+"""Local addresses from rtnetlink, checked against a built message and against iproute2."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from guestfence.agents.localaddr import (
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTM_NEWADDR,
+    local_addresses,
+    parse_addr_messages,
+)
+
+
+def rtattr(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + bytes(-len(raw) % 4)
+
+
+def newaddr(family: int, *attrs: bytes) -> bytes:
+    body = struct.pack("=BBBBI", family, 24, 0, 0, 2) + b"".join(attrs)
+    return struct.pack("=IHHII", 16 + len(body), RTM_NEWADDR, 2, 1, 0) + body
+
+
+def test_parses_local_before_address_and_filters_family() -> None:
+    ptp = newaddr(socket.AF_INET, rtattr(IFA_ADDRESS, bytes([10, 0, 0, 2])),
+                  rtattr(IFA_LOCAL, bytes([10, 0, 0, 1])))
+    v6 = newaddr(socket.AF_INET6, rtattr(IFA_ADDRESS, ipaddress.IPv6Address("fd00::1").packed))
+    done = struct.pack("=IHHII", 20, NLMSG_DONE, 2, 1, 0) + bytes(4)
+    found, complete = parse_addr_messages(ptp + v6 + done, socket.AF_INET)
+    assert found == [bytes([10, 0, 0, 1])]
+    assert complete
+
+
+def test_netlink_error_is_raised() -> None:
+    err = struct.pack("=IHHII", 36, NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -13) + bytes(16)
+    with pytest.raises(OSError, match="Permission denied"):
+        parse_addr_messages(err, socket.AF_INET)
+
+
+def test_truncated_message_is_rejected() -> None:
+    with pytest.raises(OSError, match="malformed"):
+        parse_addr_messages(struct.pack("=IHHII", 400, RTM_NEWADDR, 0, 1, 0), socket.AF_INET)
+
+
+def test_same_addresses_as_iproute2() -> None:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    expected = {ipaddress.ip_address(line.split()[3].split("/")[0]) for line in out.splitlines()}
+    assert set(local_addresses(socket.AF_INET)) == expected
