@@ -1,11 +1,10 @@
-"""Local addresses from rtnetlink, checked against a built message and against iproute2."""
+"""Parsing rtnetlink address dumps (the live comparison with iproute2 is an integration test)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 import struct
-import subprocess
 
 import pytest
 
@@ -15,7 +14,6 @@ from guestfence.agents.localaddr import (
     NLMSG_DONE,
     NLMSG_ERROR,
     RTM_NEWADDR,
-    local_addresses,
     parse_addr_messages,
 )
 
@@ -49,10 +47,3 @@ def test_netlink_error_is_raised() -> None:
 def test_truncated_message_is_rejected() -> None:
     with pytest.raises(OSError, match="malformed"):
         parse_addr_messages(struct.pack("=IHHII", 400, RTM_NEWADDR, 0, 1, 0), socket.AF_INET)
-
-
-def test_same_addresses_as_iproute2() -> None:
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    expected = {ipaddress.ip_address(line.split()[3].split("/")[0]) for line in out.splitlines()}
-    assert set(local_addresses(socket.AF_INET)) == expected
