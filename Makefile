@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # What the demo needs: a Python to build the venv with, libvirt (its test driver is
-# built into libvirt0) and iproute2 for the private network namespace.
-BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 iproute2
+# built into libvirt0), iproute2 and procps (sysctl) for the private network namespace.
+BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 iproute2 procps
 # The real peers the tests run against: the C fence-virt tools, fence-agents' metadata
 # schema, and a real libvirtd with QEMU (TCG) for the test that fences a real guest.
 TEST_PACKAGES := fence-virt fence-virtd fence-agents \
@@ -40,7 +40,7 @@ all: setup
 
 setup: $(STAMP_PIP)
 
-$(STAMP_BASE):
+$(STAMP_BASE): Makefile
 	$(call apt_install,$(BASE_PACKAGES))
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@touch $@
@@ -53,7 +53,7 @@ $(STAMP_PIP): $(STAMP_BASE) pyproject.toml
 	$(BIN)/python -m compileall -q src
 	@touch $@
 
-$(STAMP_TEST): $(STAMP_BASE)
+$(STAMP_TEST): $(STAMP_BASE) Makefile
 	$(call apt_install,$(TEST_PACKAGES))
 	@touch $@
 
@@ -72,7 +72,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy --strict src
 
-unit: setup
+unit: test-deps
 	$(BIN)/pytest -q tests/unit
 
 integration: test-deps

@@ -496,9 +496,9 @@ def _metadata(spec: AgentSpec, stdin: str = "action=metadata\n") -> etree._Eleme
     return etree.fromstring(run.out.encode())
 
 
-@pytest.mark.skipif(not RNG.exists(), reason="fence-agents RELAX NG schema not installed")
 @pytest.mark.parametrize("spec", [FULL, SINGLE, FABRIC])
 def test_metadata_validates_against_fence_agents_schema(spec: AgentSpec) -> None:
+    assert RNG.exists(), f"{RNG} is missing: apt-get install fence-agents (make test-deps)"
     schema = etree.RelaxNG(etree.parse(str(RNG)))
     assert schema.validate(_metadata(spec)), schema.error_log
 
