@@ -55,7 +55,9 @@ class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def fail(self, node: yaml.Node | None, field: str, expected: str, found: str = "") -> TopologyError:
+    def fail(
+        self, node: yaml.Node | None, field: str, expected: str, found: str = ""
+    ) -> TopologyError:
         line = node.start_mark.line + 1 if node is not None else None
         where = f"{self.path}:{line}" if line else self.path
         got = f"found {found}; " if found else ""
