@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -92,10 +93,8 @@ def test_unreadable_and_binary_files(tmp_path: Path) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_text_is_a_topology_or_a_topology_error(text: str) -> None:
-    try:
+    with contextlib.suppress(TopologyError):  # anything else fails the test
         parse_topology(text)
-    except TopologyError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
