@@ -48,7 +48,6 @@ def test_bare_metal_member() -> None:
     ("text", "message"),
     [
         ("", "<topology>: the file is empty"),
-        ("hosts: [", "<topology>:1: not valid YAML"),
         ("- a\n- b\n", "<topology>:1: topology: found a list; expected a mapping"),
         ("hostz: []\n", "<topology>:1: topology.hostz: found an unknown key; expected one of"),
         ("hosts:\n  - hypervisor: kvm\n", "<topology>:2: hosts[0].name: found none"),
@@ -79,6 +78,12 @@ def test_bad_input_is_a_located_error(text: str, message: str) -> None:
     with pytest.raises(TopologyError) as info:
         parse_topology(text)
     assert message in str(info.value)
+
+
+def test_yaml_syntax_error_has_a_line() -> None:
+    # libyaml reports where the input ended (line 2), the pure parser line 1: both located
+    with pytest.raises(TopologyError, match=r"^<topology>:\d+: not valid YAML"):
+        parse_topology("hosts: [")
 
 
 def test_unreadable_and_binary_files(tmp_path: Path) -> None:
