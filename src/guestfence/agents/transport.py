@@ -185,6 +185,20 @@ def stream_exchange(
         return converse(sock, ClientSession(key, auth), deadline)
 
 
+def _connect(family: int, address: tuple[str | int, int], where: str,
+             connect_timeout: float) -> Iterator[socket.socket]:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(connect_timeout)
+    try:
+        sock.connect(address)
+    except OSError as e:
+        sock.close()
+        raise TransportError(
+            f"Unable to connect to fence_virtd {where} {e.strerror or e}"
+        ) from e
+    yield sock
+
+
 def tcp_connect(address: str, port: int, connect_timeout: float = 3.0) -> Iterator[socket.socket]:
     try:
         ip = ipaddress.ip_address(address)
@@ -193,29 +207,12 @@ def tcp_connect(address: str, port: int, connect_timeout: float = 3.0) -> Iterat
             f"Invalid address: '{address}' (a numeric IP address is needed)"
         ) from None
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(connect_timeout)
-    try:
-        sock.connect((address, port))
-    except OSError as e:
-        sock.close()
-        raise TransportError(
-            f"Unable to connect to fence_virtd host {address}:{port} {e.strerror or e}"
-        ) from e
-    yield sock
+    return _connect(family, (address, port), f"host {address}:{port}", connect_timeout)
 
 
 def vsock_connect(cid: int, port: int, connect_timeout: float = 3.0) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    sock.settimeout(connect_timeout)
-    try:
-        sock.connect((cid, port))
-    except OSError as e:
-        sock.close()
-        raise TransportError(
-            f"Unable to connect to fence_virtd on vsock CID {cid} port {port}: {e.strerror or e}"
-        ) from e
-    yield sock
+    return _connect(socket.AF_VSOCK, (cid, port), f"on vsock CID {cid} port {port}:",
+                    connect_timeout)
 
 
 # ------------------------------------------------------------------------ serial

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
+from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
 SBIN = "/usr/sbin"
@@ -261,7 +261,7 @@ def _joined_groups(pid: int) -> set[str]:
     return groups
 
 
-class CDaemon:
+class CDaemon(StartStop):
     """``fence_virtd -F -d 2 -f CONF -p PIDFILE`` under ``stdbuf -oL -eL``.
 
     A context manager: entering starts it and waits until it is ready, leaving
@@ -401,17 +401,7 @@ class CDaemon:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def __enter__(self) -> CDaemon:
-        if self._proc is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self if self._proc is not None else self.start()
 
 
 def run_c_client(

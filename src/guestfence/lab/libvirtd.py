@@ -61,10 +61,10 @@ import time
 import uuid as uuidlib
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from xml.sax.saxutils import escape
 
+from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
 LIBVIRTD = "/usr/sbin/libvirtd"
@@ -360,7 +360,7 @@ def _with_qemu_user(src: Path, dst: Path, line: str) -> None:
 # -- the lab -------------------------------------------------------------------
 
 
-class LibvirtLab:
+class LibvirtLab(StartStop):
     """A private libvirtd in ``namespace`` (or the caller's network namespace).
 
     ``scratch`` holds everything: configs, state, logs, the socket.  Use as a
@@ -701,16 +701,6 @@ class LibvirtLab:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
-    def __enter__(self) -> LibvirtLab:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _main(argv: Sequence[str]) -> int:

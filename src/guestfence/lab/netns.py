@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from guestfence.errors import GuestfenceError
+from guestfence.lab.lifecycle import StartStop
 
 IP = "ip"
 NETNS_DIR = Path("/run/netns")
@@ -120,7 +120,7 @@ def remove_stale_namespaces(base: str = TEST_PREFIX, *, include_own: bool = Fals
     return removed
 
 
-class Namespace:
+class Namespace(StartStop):
     """A named network namespace; a context manager that destroys it on exit.
 
     ``Namespace(name)`` only refers to a namespace; :meth:`create` makes one.
@@ -265,20 +265,12 @@ class Namespace:
         if proc.returncode != 0 and self.exists():
             raise LabError(f"ip netns del {self.name} failed: {proc.stderr.strip()}")
 
-    def __enter__(self) -> Namespace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self.destroy()
 
 
 @dataclass
-class Lan:
+class Lan(StartStop):
     """Hosts on one Ethernet segment: a bridge namespace and one namespace per host."""
 
     prefix: str
@@ -310,15 +302,7 @@ class Lan:
         if errors:
             raise LabError("; ".join(errors))
 
-    def __enter__(self) -> Lan:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self.destroy()
 
 

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
+from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
 READY_LINE = "guestfenced ready"
@@ -28,7 +28,7 @@ def venv_tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class OurDaemon:
+class OurDaemon(StartStop):
     def __init__(
         self,
         config: str | os.PathLike[str],
@@ -141,16 +141,6 @@ class OurDaemon:
             self._reader.join(2.0)
         return self.proc.returncode
 
-    def __enter__(self) -> OurDaemon:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def daemon_config_text(
