@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render fence_xvm(8) and fence_virt(8) from the agents' metadata.",
     )
     manpages.add_argument("directory", nargs="?", default="man")
+
+    from guestfence.check.cli import add_parser as add_check
+
+    add_check(sub)
     return p
 
 
@@ -62,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
             write_key(args.path, force=args.force)
             print(f"wrote {args.path} (4096 random bytes, mode 0600)")
             return
+        if args.command == "check":
+            from guestfence.check.cli import run as run_check
+
+            sys.exit(run_check(args))
         if args.command == "manpages":
             from guestfence.manpages import write_manpages
 
