@@ -28,14 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from guestfence.check.engine import run_checks
 from guestfence.check.loader import parse_topology
-from guestfence.check.model import (
-    ClusterImpact,
-    Finding,
-    HostLossImpact,
-    Report,
-    Topology,
-)
+from guestfence.check.model import Report
 from guestfence.check.report_html import render_html
 from guestfence.check.report_json import verdict_text
 
@@ -80,60 +75,8 @@ guests:
 
 
 def site_report() -> Report:
-    topo = parse_topology(SITE, "site/topology.yaml")
-    kvm_c = topo.host("kvm-c")
-    web, db = topo.clusters
-    assert kvm_c is not None
-    findings = (
-        Finding("MEMBERS-SAME-HOST", "error",
-                "The members of a guest cluster must run on different hosts.",
-                "db1 and db2 both run on kvm-a: losing kvm-a takes 2 of 3 db members",
-                "move db2 to kvm-b or kvm-c", cluster="db", hosts=("kvm-a",),
-                guests=("db1", "db2"), origin=db.members[1].origin),
-        Finding("SCSI-PREEMPT-ABORT", "error",
-                "fence_scsi needs a target that supports PREEMPT AND ABORT.",
-                "db's iSCSI target does not support PREEMPT AND ABORT",
-                "use a target that does (e.g. guestfence's) or drop fence_scsi",
-                cluster="db", origin=db.storage[0].origin),
-        Finding("KVM-HOST-VERSION", "error",
-                "KVM hosts must run RHEL 6.2 or later.", "kvm-c runs RHEL 6.1",
-                "upgrade kvm-c to RHEL 6.2", hosts=("kvm-c",), guests=("web3",),
-                origin=kvm_c.origin),
-        Finding("BARE-METAL-FENCING", "warning",
-                "A bare-metal member needs a fence device of its own.",
-                "db-quorum is bare metal; fence_xvm cannot fence it",
-                "add a power fence device (e.g. fence_ipmilan) for db-quorum",
-                cluster="db", guests=("db-quorum",), origin=db.members[2].origin),
-        Finding("FENCE-VIRTD-RUNNING", "warning",
-                "Every host of a host cluster runs fence_virtd.",
-                "kvm-c does not run fence_virtd", "start fence_virtd on kvm-c",
-                hosts=("kvm-c",), origin=kvm_c.origin),
-        Finding("HOST-CLUSTER-MODE", "info",
-                "fence_virtd in host-cluster mode routes requests to the guest's host.",
-                "web uses the host-cluster mode on host cluster rack1", "nothing to change",
-                cluster="web", origin=web.origin),
-    )
-    return Report(topo, findings, host_losses(topo))
-
-
-def host_losses(topo: Topology) -> tuple[HostLossImpact, ...]:
-    """What losing each host does (a small stand-in for the engine's analysis)."""
-    out = []
-    for lost in topo.hosts:
-        clusters = []
-        for c in topo.clusters:
-            gone = tuple(m.name for m in c.members if m.host == lost.name)
-            left = len(c.members) - len(gone)
-            clusters.append(ClusterImpact(c.name, gone, left, len(c.members),
-                                          2 * left > len(c.members)))
-        rest = [h for h in topo.hosts if h is not lost]
-        guests = [g for h in topo.hosts for g in topo.guests_on(h.name)]
-        mem = sum(g.memory_mib or 0 for g in guests) / sum(h.memory_mib or 0 for h in rest)
-        cpu = sum(g.vcpus or 0 for g in guests) / sum(h.cpus or 0 for h in rest)
-        out.append(HostLossImpact(
-            lost.name, tuple(clusters),
-            tuple(g.name for g in topo.other_guests if g.host == lost.name), mem, cpu))
-    return tuple(out)
+    """The engine's real verdict on a site with problems of every severity."""
+    return run_checks(parse_topology(SITE, "site/topology.yaml"))
 
 
 class _Text(HTMLParser):
@@ -234,7 +177,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
 
     assert "<body" in dom and "</html>" in dom
     text = "\n".join(_Text(dom).parts)
-    assert verdict_text(report) == "NOT supportable: 3 errors, 2 warnings"
+    assert verdict_text(report) == "NOT supportable: 5 errors, 2 warnings"
     assert verdict_text(report) in text
     for host in report.topology.hosts:
         assert host.name in text

@@ -147,9 +147,9 @@ def shared_hosts_xvm(topology: Topology) -> Iterator[Finding]:
             + names(f"{b.name} (on {names(peers[b.index], 4)})" for b in others)
             + f", and all of them fence with fence_xvm/fence_virt; {_keys(a, others)}",
             f"run {a.name} on hosts of its own, or fence it and its neighbours with fence_scsi "
-            "on iSCSI storage. If they must share hosts under guestfenced, give each cluster "
-            "its own key_file (guestfenced supports a key per cluster): with the same key, one "
-            "cluster can fence the other's guests",
+            "on iSCSI storage. If they must share hosts, run one fence_virtd/guestfenced "
+            "instance per cluster, each with its own key_file and port, and a groups map: "
+            "with one shared key, one cluster can fence the other's guests",
             cluster=a.name, hosts=dict.fromkeys(h for hs in peers.values() for h in hs),
             origin=a.cluster.origin)
 
