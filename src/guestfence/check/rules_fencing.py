@@ -205,8 +205,9 @@ def fence_virtd_missing(topology: Topology) -> Iterator[Finding]:
                 hosts=(h.name,), origin=h.origin)
         else:
             yield FENCE_VIRTD_MISSING.finding(
-                f"KVM host {h.name} does not run fence_virtd, but {names(users)} fence with "
-                "fence_xvm/fence_virt", f"run fence_virtd (or guestfenced) on {h.name}",
+                f"KVM host {h.name} does not run fence_virtd, but it hosts members of "
+                f"{names(users)}, fenced with fence_xvm/fence_virt",
+                f"run fence_virtd (or guestfenced) on {h.name}",
                 hosts=(h.name,), origin=h.origin)
 
 
