@@ -67,7 +67,7 @@ demo: setup
 	$(BIN)/guestfence demo
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check --no-cache src tests bench
 
 typecheck: setup
 	$(BIN)/mypy --strict src

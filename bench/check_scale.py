@@ -55,7 +55,6 @@ def generate() -> str:
 
 def in_process(path: Path) -> dict[str, float]:
     from guestfence.check.engine import run_checks
-
     from guestfence.check.loader import load_topology
     from guestfence.check.report_json import render_json
 
