@@ -40,7 +40,9 @@ def normalise_key(text: str) -> str:
     if raw.startswith("0x"):
         raw = raw[2:]
     if not raw or not re.fullmatch(r"[0-9a-f]+", raw):
-        raise ReservationKeyError(f"key {text!r}: expected 1 to {MAX_KEY_DIGITS} hexadecimal digits")
+        raise ReservationKeyError(
+            f"key {text!r}: expected 1 to {MAX_KEY_DIGITS} hexadecimal digits"
+        )
     stripped = raw.lstrip("0")
     if not stripped:
         raise ReservationKeyError("key cannot be 0")
@@ -57,7 +59,9 @@ def parse_cluster_name(cmap_output: str) -> str:
     """The value of ``totem.cluster_name (str) = NAME`` in corosync-cmapctl output."""
     m = re.search(r"^totem\.cluster_name \(str\) = (.*)$", cmap_output, re.MULTILINE)
     if not m or not m.group(1).strip():
-        raise ReservationKeyError("corosync-cmapctl shows no totem.cluster_name; is corosync running?")
+        raise ReservationKeyError(
+            "corosync-cmapctl shows no totem.cluster_name; is corosync running?"
+        )
     return m.group(1).strip()
 
 
