@@ -124,6 +124,11 @@ class AgentSpec:
     on_target: bool | None = None  # on_target="1" on the on action; default: same as fabric
     defaults: Mapping[str, str] = field(default_factory=dict)  # e.g. {"power_wait": "1"}
     plug_desc: str | None = None  # shortdesc of plug/port
+    shorts: Mapping[str, str] = field(default_factory=dict)  # e.g. {"delay": "H"} (fence_scsi)
+    # an option that names the plug ahead of plug/port (fence_scsi: nodename), and
+    # options that make a plug unnecessary (fence_scsi: key)
+    plug_override: str | None = None
+    plug_optional_with: tuple[str, ...] = ()
     validate: Callable[[Options], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -160,7 +165,8 @@ def agent_params(spec: AgentSpec) -> tuple[Param, ...]:
                STONITH_STATUS_SLEEP, RETRY_ON]
     # agent options without a long form still get one, so that argv can reach them
     params += [p if p.long else p._replace(long=p.name.replace("_", "-")) for p in spec.params]
-    params = [p._replace(default=spec.defaults.get(p.name, p.default)) for p in params]
+    params = [p._replace(default=spec.defaults.get(p.name, p.default),
+                         short=spec.shorts.get(p.name, p.short)) for p in params]
     seen: set[str] = set()
     for p in params:
         keys = {normalise_name(n) for n in p.stdin_names()} | {f"-{p.short}" if p.short else ""}
@@ -309,9 +315,12 @@ def validate(spec: AgentSpec, given: Mapping[str, str], action: str,
     if not vals.get("plug_separator"):
         raise UsageError("Failed: plug_separator must not be empty")
     plugs: tuple[str, ...] = ()
-    if spec.has_plug and vals.get("port"):
-        pieces = (s.strip() for s in vals["port"].split(vals["plug_separator"]))
+    named = vals.get(spec.plug_override or "") or vals.get("port")
+    if spec.has_plug and named:
+        pieces = (s.strip() for s in named.split(vals["plug_separator"]))
         plugs = tuple(s for s in pieces if s)
+    if spec.has_plug and not plugs and any(vals.get(n) for n in spec.plug_optional_with):
+        plugs = ("",)  # the agent works from that option instead of a plug
     if spec.has_plug and not plugs and action not in NO_PLUG_ACTIONS:
         raise UsageError("Failed: You have to enter plug number or machine identification")
     _apply_disable_timeout(vals, environ)
