@@ -9,7 +9,7 @@ from guestfence.agents.scsi_check import FENCED, check, read_tunables
 from guestfence.scsi.prclient import PrClient
 from guestfence.scsi.transport import ScsiResult, Status
 
-from .fake_pr_target import FakePrTarget
+from .fake_pr_target import FakePrTarget, FakeTransport
 
 KEY = 0x6C9D7888
 
@@ -35,11 +35,18 @@ def test_key_gone_everywhere_means_fenced(tmp_path: Path) -> None:
 
 def test_retries_an_unreachable_device(tmp_path: Path) -> None:
     targets, tun = setup(tmp_path, registered=True)
-    flaky = targets["fake:b"].connect("iqn.2026-11.lab:watch")
-    flaky.fail_next(*[ScsiResult(Status.BUSY)] * 2)
+    busy = 2  # the first two connections to device b answer BUSY
+
+    def opener(device: str) -> FakeTransport:
+        nonlocal busy
+        transport = targets[device].connect("iqn.2026-11.lab:watch")
+        if device == "fake:b" and busy:
+            busy -= 1
+            transport.fail_next(ScsiResult(Status.BUSY))
+        return transport
+
     sleeps: list[float] = []
-    opener = {"fake:a": targets["fake:a"].connect("iqn.2026-11.lab:w2"), "fake:b": flaky}
-    code = check(["test"], {**tun, "retry": "2", "retry-sleep": "0.5"}, lambda d: opener[d],
+    code = check(["test"], {**tun, "retry": "2", "retry-sleep": "0.5"}, opener,
                  sleep=sleeps.append)
     assert code == 0 and sleeps == [0.5, 0.5]
 
