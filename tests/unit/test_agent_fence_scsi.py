@@ -61,6 +61,7 @@ class Lab:
             def close(self) -> None:
                 pass
 
+        monkeypatch.setattr(agent, "check_device", lambda dev: None)
         monkeypatch.setattr(agent, "open_device",
                             lambda dev, options: Kept(self.nodes[self.current].paths[dev]))
 
@@ -157,6 +158,16 @@ def test_metadata_is_a_fabric_agent_that_unfences_on_target() -> None:
     assert RNG.exists(), f"{RNG} is missing: apt-get install fence-agents"
     schema = etree.RelaxNG(etree.parse(str(RNG)))
     assert schema.validate(doc), schema.error_log
+
+
+def test_bad_device_specs_fail_before_any_device_is_touched() -> None:
+    for devices, message in (("iscsi://host-only", "iscsi://host[:port]/iqn"),
+                             ("/nonexistent/sdz", "does not exist"),
+                             ("/etc/hostname", "is not a block device")):
+        out, err = io.StringIO(), io.StringIO()
+        code = run_agent(agent.SPEC, agent.make_device,
+                         ["-o", "on", "-k", "1", "-d", devices], stdout=out, stderr=err)
+        assert code == 1 and message in err.getvalue(), err.getvalue()
 
 
 def test_split_devices() -> None:

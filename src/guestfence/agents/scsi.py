@@ -190,6 +190,21 @@ def initiator_name(options: Options) -> str:
     return f"iqn.2026-11.org.guestfence:{socket.gethostname()}"
 
 
+def check_device(device: str) -> None:
+    """Refuse a malformed URL or a path that is no SCSI device before any device is touched."""
+    if device.startswith("iscsi://"):
+        from guestfence.scsi.iscsi import parse_iscsi_url
+
+        parse_iscsi_url(device)  # raises with the expected form
+        return
+    from guestfence.scsi.sgio import is_block_or_sg
+
+    if not is_block_or_sg(device):
+        what = "does not exist" if not os.path.exists(device) else "is not a block device"
+        raise AgentFailure(f"Failed: device {device} {what} (expected a block device such as "
+                           "/dev/sdb or /dev/mapper/mpatha, or iscsi://host[:port]/iqn/lun)")
+
+
 def open_device(device: str, options: Options) -> ScsiTransport:
     if device.startswith("iscsi://"):
         from guestfence.scsi.iscsi import IscsiTransport
@@ -212,6 +227,11 @@ class ScsiFence:
         if not devices:
             raise AgentFailure("Failed: no devices given (devices=/dev/sdX,... or "
                                "iscsi://host/iqn/lun)")
+        for device in devices:
+            try:
+                check_device(device)
+            except ValueError as e:  # IscsiUrlError is a ValueError and a ConfigError
+                raise AgentFailure(f"Failed: {e}") from None
         self.state = StateFiles(options.get("state_dir") or DEFAULT_STATE_DIR)
         self.storage = SharedStorage(devices, lambda d: open_device(d, options),
                                      aptpl="aptpl" in options,
