@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     from guestfence.check.cli import add_parser as add_check
 
     add_check(sub)
+
+    from guestfence.scsi.storagecheck_cli import add_parser as add_storage_check
+
+    add_storage_check(sub)
     return p
 
 
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
             from guestfence.check.cli import run as run_check
 
             sys.exit(run_check(args))
+        if args.command == "storage-check":
+            from guestfence.scsi.storagecheck_cli import run as run_storage_check
+
+            sys.exit(run_storage_check(args))
         if args.command == "manpages":
             from guestfence.manpages import write_manpages
 
