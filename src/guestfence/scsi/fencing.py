@@ -68,9 +68,9 @@ class SharedStorage:
         def one(device: str) -> T:
             transport = self.opener(device)
             try:
-                client = PrClient(transport)
-                client.test_unit_ready()  # consumes a pending unit attention first
-                return work(client)
+                # no TEST UNIT READY first (fence-agents sends one to consume a pending
+                # unit attention): PrClient retries every command after a unit attention
+                return work(PrClient(transport))
             finally:
                 transport.close()
 
@@ -88,13 +88,21 @@ class SharedStorage:
             raise FencingError(action, failures)
         return results
 
-    def _register(self, client: PrClient, key: int) -> None:
-        """Make sure ``key`` is registered on this I_T nexus (fence-agents' register_dev).
+    def _register(self, client: PrClient, key: int) -> tuple[int, ...]:
+        """Make sure ``key`` is registered on this I_T nexus; returns the keys then registered.
 
-        If the key was already registered it may belong to a stale nexus (an iSCSI
-        re-login with a new ISID): a PREEMPT of our own key clears those, and, when we
-        do not hold the reservation, also our fresh registration, so we register again.
+        One REGISTER quoting ``key`` as the current key asks the device itself: it
+        succeeds only if this nexus holds ``key`` (and changes nothing), else it is a
+        RESERVATION CONFLICT. Otherwise as fence-agents' register_dev: if the key was
+        registered elsewhere it may belong to a stale nexus (an iSCSI re-login with a
+        new ISID): a PREEMPT of our own key clears those, and, when we do not hold the
+        reservation, also our fresh registration, so we register again.
         """
+        try:
+            client.register(key, current=key, aptpl=self.aptpl)
+            return client.read_keys().keys
+        except ReservationConflict:
+            pass
         already = key in client.read_keys().keys
         client.register_and_ignore(key, aptpl=self.aptpl)
         if already:
@@ -102,8 +110,10 @@ class SharedStorage:
             held = client.read_reservation().reservation
             if held is None or held.key != key:
                 client.register_and_ignore(key, aptpl=self.aptpl)
-        if key not in client.read_keys().keys:
+        keys = client.read_keys().keys
+        if key not in keys:
             raise GuestfenceError(f"key {key:x} is not registered after REGISTER")
+        return keys
 
     # ------------------------------------------------------------------ actions
 
@@ -115,7 +125,11 @@ class SharedStorage:
         return any(key in keys for keys in self.keys().values())
 
     def check_reachable(self) -> None:
-        self._on_each("monitor", lambda c: c.read_keys())
+        def work(client: PrClient) -> None:
+            client.test_unit_ready()
+            client.read_keys()
+
+        self._on_each("monitor", work)
 
     def unfence(self, key: int) -> None:
         """Register ``key`` everywhere and make sure a type 5 reservation is held."""
@@ -136,18 +150,17 @@ class SharedStorage:
                                   f"node's key ({own_key:x})")
 
         def attempt(client: PrClient) -> FenceOutcome:
-            self._register(client, own_key)
             outcome = FenceOutcome(False, "")
-            if victim in client.read_keys().keys:
+            if victim in self._register(client, own_key):
                 outcome = FenceOutcome(True, self._preempt(client, own_key, victim))
             if client.read_reservation().reservation is None:
                 # the target lost the reservation (restart, or the victim released it):
                 # without one the victim could write again, so take it
                 client.reserve(own_key, WERO)
+                if client.read_reservation().reservation is None:
+                    raise GuestfenceError("no reservation is held after fencing")
             if victim in client.read_keys().keys:
                 raise GuestfenceError(f"key {victim:x} is still registered after preempting it")
-            if client.read_reservation().reservation is None:
-                raise GuestfenceError("no reservation is held after fencing")
             return outcome
 
         def work(client: PrClient) -> FenceOutcome:
