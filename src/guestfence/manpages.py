@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from guestfence import __version__
-from guestfence.agent.manpage import render_manpage
-from guestfence.agents import virtparams
-
-AGENTS = {
-    "fence_xvm": virtparams.XVM_PARAMS,
-    "fence_virt": virtparams.VIRT_PARAMS,
-}
-
+from guestfence.agent.manpage import EXIT_STATUS, metadata_of, render_manpage
+from guestfence.agent.metadata import AgentMetadata
+from guestfence.agent.params import Param
+from guestfence.agent.standard import agent_params
+from guestfence.agents import scsi, virtparams
 
 # fence_xvm / fence_virt exit with the daemon's answer, as the C agents do
 VIRT_EXIT_STATUS = (
@@ -24,9 +23,25 @@ VIRT_EXIT_STATUS = (
 )
 
 
+@dataclass(frozen=True)
+class Page:
+    metadata: Callable[[], AgentMetadata]
+    params: tuple[Param, ...]
+    exit_status: tuple[tuple[str, str], ...] = EXIT_STATUS
+
+
+AGENTS = {
+    "fence_xvm": Page(lambda: virtparams.metadata("fence_xvm", virtparams.XVM_PARAMS),
+                      virtparams.XVM_PARAMS, VIRT_EXIT_STATUS),
+    "fence_virt": Page(lambda: virtparams.metadata("fence_virt", virtparams.VIRT_PARAMS),
+                       virtparams.VIRT_PARAMS, VIRT_EXIT_STATUS),
+    "fence_scsi": Page(lambda: metadata_of(scsi.SPEC), agent_params(scsi.SPEC)),
+}
+
+
 def manpage_text(agent: str) -> str:
-    return render_manpage(virtparams.metadata(agent, AGENTS[agent]), __version__,
-                          exit_status=VIRT_EXIT_STATUS)
+    page = AGENTS[agent]
+    return render_manpage(page.metadata(), __version__, exit_status=page.exit_status)
 
 
 def write_manpages(directory: str) -> list[str]:

@@ -22,6 +22,6 @@ def test_committed_manpage_is_up_to_date(agent: str) -> None:
 @pytest.mark.parametrize("agent", sorted(AGENTS))
 def test_manpage_documents_every_option(agent: str) -> None:
     text = manpage_text(agent)
-    for param in AGENTS[agent]:
+    for param in AGENTS[agent].params:
         if param.short:
             assert f"-{param.short}" in text.replace("\\-", "-"), param.name
