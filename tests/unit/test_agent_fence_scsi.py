@@ -11,6 +11,7 @@ from lxml import etree
 
 from guestfence.agent.power import run_agent
 from guestfence.agents import scsi as agent
+from guestfence.scsi.keys import derive_key
 from guestfence.scsi.transport import Direction, ScsiResult, Status
 
 from .fake_pr_target import FakePrTarget
@@ -129,6 +130,22 @@ def test_preempt_and_abort_refused_then_opt_in(tmp_path: Path,
     code, out, err = lab.run("node3", "action=off\nplug=node1\npreempt_fallback=1\n")
     assert (code, out) == (0, "Success: Powered OFF\n"), err
     assert "falling back to PREEMPT" in err
+
+
+def test_list_names_registered_nodes(lab: Lab) -> None:
+    unfence_all(lab)
+    code, out, err = lab.run("node2", "action=list\n")
+    assert code == 0, err
+    expected = sorted(f"{n},{derive_key('mycluster', n, 'hash')}" for n in NODES)
+    assert sorted(out.splitlines()) == expected
+    assert "node2,6c9d7888" in expected  # the spec's worked example
+
+
+def test_logfile_gets_the_log(lab: Lab, tmp_path: Path) -> None:
+    log = tmp_path / "fence.log"
+    unfence_all(lab)
+    assert lab.run("node3", f"action=off\nplug=node1\nlogfile={log}\n")[0] == 0
+    assert "removed with PREEMPT AND ABORT" in log.read_text()
 
 
 def test_monitor_checks_the_devices(lab: Lab) -> None:

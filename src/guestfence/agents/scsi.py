@@ -96,6 +96,7 @@ SPEC = AgentSpec(
     vendor_url="https://www.t10.org",
     params=PARAMS,
     has_plug=True,
+    has_list=True,
     fabric=True,
     force_on=True,
     on_target=True,
@@ -223,6 +224,18 @@ class ScsiFence:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self._logfile: logging.Handler | None = None
+        if options.get("logfile"):  # fence-agents' legacy option: the log goes there too
+            try:
+                self._logfile = logging.FileHandler(options.get("logfile") or "")
+            except OSError as e:
+                raise AgentFailure(f"Failed: cannot open logfile {options.get('logfile')}: "
+                                   f"{e.strerror}") from None
+            self._logfile.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: "
+                                                         "%(message)s"))
+            root = logging.getLogger("guestfence")
+            root.addHandler(self._logfile)
+            root.setLevel(min(root.level or logging.INFO, logging.INFO))
         devices = split_devices(options.get("devices") or "")
         if not devices:
             raise AgentFailure("Failed: no devices given (devices=/dev/sdX,... or "
@@ -263,8 +276,37 @@ class ScsiFence:
     def monitor(self) -> None:
         self.storage.check_reachable()
 
+    def list(self) -> dict[str, str]:
+        """Registered keys, as ``node,key`` where the node can be told, else ``key,``."""
+        registered = sorted({k for keys in self.storage.keys().values() for k in keys})
+        names = self._names_of(registered)
+        return {names.get(k, f"{k:x}"): f"{k:x}" if k in names else "" for k in registered}
+
+    def _names_of(self, keys: list[int]) -> dict[int, str]:
+        """Key -> node name, by deriving every corosync node's key; empty without corosync."""
+        try:
+            nodelist = _cmapctl(self.options, "nodelist")
+        except AgentFailure:
+            return {}
+        import re
+
+        nodes = re.findall(r"^nodelist\.node\.\d+\.name \(str\) = (.*)$", nodelist,
+                           re.MULTILINE)
+        out: dict[int, str] = {}
+        for node in nodes:
+            try:
+                key = node_key(self.options, node.strip())
+            except (AgentFailure, GuestfenceError):
+                continue
+            if key in keys:
+                out[key] = node.strip()
+        return out
+
     def close(self) -> None:
-        pass
+        if self._logfile is not None:
+            logging.getLogger("guestfence").removeHandler(self._logfile)
+            self._logfile.close()
+            self._logfile = None
 
 
 def make_device(options: Options) -> ScsiFence:
