@@ -278,11 +278,12 @@ class ScsiFence:
 
     def list(self) -> dict[str, str]:
         """Registered keys, as ``node,key`` where the node can be told, else ``key,``."""
-        registered = sorted({k for keys in self.storage.keys().values() for k in keys})
+        registered = {k for keys in self.storage.keys().values() for k in keys}
         names = self._names_of(registered)
-        return {names.get(k, f"{k:x}"): f"{k:x}" if k in names else "" for k in registered}
+        return {names.get(k, f"{k:x}"): f"{k:x}" if k in names else ""
+                for k in sorted(registered)}
 
-    def _names_of(self, keys: list[int]) -> dict[int, str]:
+    def _names_of(self, keys: set[int]) -> dict[int, str]:
         """Key -> node name, by deriving every corosync node's key; empty without corosync."""
         try:
             nodelist = _cmapctl(self.options, "nodelist")
