@@ -36,27 +36,12 @@ from guestfence.lab.tgt import TgtTarget
 from guestfence.scsi.fencing import SharedStorage
 from guestfence.scsi.iscsi import IscsiTransport
 from guestfence.scsi.prclient import WERO, PrClient
-from guestfence.scsi.transport import Direction, ScsiResult
+from guestfence.scsi.transport import Borrowed
 
 NODES = {"node1": 0x6C9D0001, "node2": 0x6C9D0002, "node3": 0x6C9D0003}
 COUNTS = (1, 10, 50)
 ROUNDS = 5
 VICTIM, FENCER = "node1", "node3"
-
-
-class Kept:
-    """A logged-in session that the code under test may 'close' without logging out."""
-
-    def __init__(self, transport: IscsiTransport) -> None:
-        self.transport = transport
-        self.name = transport.name
-
-    def execute(self, cdb: bytes, direction: Direction = Direction.NONE, data_out: bytes = b"",
-                data_in_length: int = 0, timeout: float = 30.0) -> ScsiResult:
-        return self.transport.execute(cdb, direction, data_out, data_in_length, timeout)
-
-    def close(self) -> None:
-        pass
 
 
 def reference_off(clients: list[PrClient], own: int, victim: int) -> None:
@@ -92,7 +77,7 @@ def measure(target: TgtTarget, luns: int) -> dict[str, float]:
                 for node in NODES for url in urls}
     try:
         def storage(node: str) -> SharedStorage:
-            return SharedStorage(urls, lambda u: Kept(sessions[(node, u)]),
+            return SharedStorage(urls, lambda u: Borrowed(sessions[(node, u)]),
                                  preempt_fallback=True)
 
         def unfence_all() -> None:
@@ -100,7 +85,7 @@ def measure(target: TgtTarget, luns: int) -> dict[str, float]:
                 storage(node).unfence(key)
 
         ours, ref = [], []
-        fencer_clients = [PrClient(Kept(sessions[(FENCER, u)])) for u in urls]
+        fencer_clients = [PrClient(Borrowed(sessions[(FENCER, u)])) for u in urls]
         for _ in range(ROUNDS):
             unfence_all()
             t0 = time.perf_counter()

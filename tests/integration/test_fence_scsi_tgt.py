@@ -20,7 +20,7 @@ from guestfence.lab.tgt import TgtTarget, missing_tools
 from guestfence.scsi.fencing import FencingError, SharedStorage
 from guestfence.scsi.iscsi import IscsiTransport
 from guestfence.scsi.sense import SenseKey, decode_sense
-from guestfence.scsi.transport import Direction, ScsiResult, Status
+from guestfence.scsi.transport import Borrowed, Direction, Status
 
 pytestmark = pytest.mark.integration
 
@@ -29,27 +29,12 @@ LUNS = 3
 WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
 
 
-class DataPath:
-    """A node's session to one LUN; fence_scsi uses it and does not log it out."""
-
-    def __init__(self, transport: IscsiTransport) -> None:
-        self.transport = transport
-        self.name = transport.name
-
-    def execute(self, cdb: bytes, direction: Direction = Direction.NONE, data_out: bytes = b"",
-                data_in_length: int = 0, timeout: float = 30.0) -> ScsiResult:
-        return self.transport.execute(cdb, direction, data_out, data_in_length, timeout)
-
-    def close(self) -> None:
-        pass
-
-
 class Site:
     def __init__(self, target: TgtTarget) -> None:
         self.target = target
         self.urls = [target.url(lun) for lun in range(1, LUNS + 1)]
         self.paths = {
-            (node, url): DataPath(IscsiTransport(url, f"iqn.2026-11.org.guestfence.lab:{node}",
+            (node, url): Borrowed(IscsiTransport(url, f"iqn.2026-11.org.guestfence.lab:{node}",
                                                  isid_seed=node, connect_timeout=5))
             for node in NODES for url in self.urls
         }

@@ -12,7 +12,7 @@ from lxml import etree
 from guestfence.agent.power import run_agent
 from guestfence.agents import scsi as agent
 from guestfence.scsi.keys import derive_key
-from guestfence.scsi.transport import Direction, ScsiResult, Status
+from guestfence.scsi.transport import Borrowed, Direction, ScsiResult, Status
 
 from .fake_pr_target import FakePrTarget
 
@@ -51,20 +51,9 @@ class Lab:
         cmap.chmod(cmap.stat().st_mode | stat.S_IXUSR)
         self.cmap = cmap
 
-        class Kept:  # the agent closes what it opens; the node's path stays up
-            def __init__(self, t: object) -> None:
-                self.t = t
-                self.name = t.name
-
-            def execute(self, *a: object, **k: object) -> ScsiResult:
-                return self.t.execute(*a, **k)  # type: ignore[attr-defined, no-any-return]
-
-            def close(self) -> None:
-                pass
-
         monkeypatch.setattr(agent, "check_device", lambda dev: None)
         monkeypatch.setattr(agent, "open_device",
-                            lambda dev, options: Kept(self.nodes[self.current].paths[dev]))
+                            lambda dev, options: Borrowed(self.nodes[self.current].paths[dev]))
 
     def run(self, node: str, stdin: str) -> tuple[int, str, str]:
         self.current = node

@@ -13,34 +13,19 @@ from guestfence.errors import GuestfenceError
 from guestfence.scsi import pr
 from guestfence.scsi.fencing import FencingError, SharedStorage
 from guestfence.scsi.sense import SenseKey, decode_sense
-from guestfence.scsi.transport import Direction, ScsiResult, Status
+from guestfence.scsi.transport import Borrowed, Direction, ScsiResult, Status
 
-from .fake_pr_target import FakePrTarget, FakeTransport
+from .fake_pr_target import FakePrTarget
 
 KEYS = {"node1": 0x6C9D0000, "node2": 0x6C9D0001, "node3": 0x6C9D0002}
 WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
-
-
-class KeptOpen:
-    """The node's own nexus to one device: close() is a no-op (the path stays up)."""
-
-    def __init__(self, transport: FakeTransport) -> None:
-        self.transport = transport
-        self.name = transport.name
-
-    def execute(self, cdb: bytes, direction: Direction = Direction.NONE, data_out: bytes = b"",
-                data_in_length: int = 0, timeout: float = 30.0) -> ScsiResult:
-        return self.transport.execute(cdb, direction, data_out, data_in_length, timeout)
-
-    def close(self) -> None:
-        pass
 
 
 class Cluster:
     def __init__(self, devices: int = 2, **target_options: bool) -> None:
         self.targets = {f"lun{i}": FakePrTarget(name=f"lun{i}", **target_options)
                         for i in range(devices)}
-        self.paths = {(node, dev): KeptOpen(t.connect(f"iqn.2026-11.lab:{node}"))
+        self.paths = {(node, dev): Borrowed(t.connect(f"iqn.2026-11.lab:{node}"))
                       for node in KEYS for dev, t in self.targets.items()}
 
     def storage(self, node: str, **options: bool) -> SharedStorage:
@@ -144,7 +129,7 @@ def test_stale_registration_of_our_key_is_replaced() -> None:
     c = Cluster(devices=1)
     c.unfence_all()
     target = c.targets["lun0"]
-    fresh = KeptOpen(target.connect("iqn.2026-11.lab:node2"))  # node2 logged in again
+    fresh = Borrowed(target.connect("iqn.2026-11.lab:node2"))  # node2 logged in again
     storage = SharedStorage(["lun0"], lambda dev: fresh)
     storage.unfence(KEYS["node2"])
     assert target.keys.count(KEYS["node2"]) == 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from typing import Literal
 
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
+from guestfence.lab.tools import missing
 
 SBIN = "/usr/sbin"
 FENCE_VIRTD = f"{SBIN}/fence_virtd"
@@ -64,19 +64,9 @@ _DEFAULT_ADDRESS: dict[tuple[str, str], str] = {
 }
 
 
-def find_tool(name: str) -> str | None:
-    """Absolute path of executable ``name`` (``/usr/sbin`` and ``/sbin`` searched too)."""
-    path = os.environ.get("PATH", "")
-    return shutil.which(name, path=os.pathsep.join([path, "/usr/sbin", "/sbin"]))
-
-
 def missing_tools() -> list[str]:
     """One line per required executable that is not installed, naming its package."""
-    return [
-        f"{tool} (apt-get install {pkg})"
-        for tool, pkg in REQUIRED_TOOLS.items()
-        if find_tool(tool) is None
-    ]
+    return missing(REQUIRED_TOOLS)
 
 
 def write_key(path: str | os.PathLike[str], data: bytes | None = None) -> Path:

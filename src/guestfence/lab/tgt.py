@@ -39,6 +39,7 @@ from pathlib import Path
 
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError
+from guestfence.lab.tools import find_tool, missing
 
 HOST = "127.0.0.1"
 PACKAGE = "tgt"
@@ -58,19 +59,9 @@ _TCP_LISTEN = "0A"
 _SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
 
 
-def find_tool(name: str) -> str | None:
-    """Absolute path of executable ``name`` (``/usr/sbin`` and ``/sbin`` searched too)."""
-    path = os.environ.get("PATH", "")
-    return shutil.which(name, path=os.pathsep.join([path, "/usr/sbin", "/sbin"]))
-
-
 def missing_tools() -> list[str]:
     """One line per required executable that is not installed, naming its package."""
-    return [
-        f"{tool} (apt-get install {pkg})"
-        for tool, pkg in REQUIRED_TOOLS.items()
-        if find_tool(tool) is None
-    ]
+    return missing(REQUIRED_TOOLS)
 
 
 def _tool(name: str) -> str:

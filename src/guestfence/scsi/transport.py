@@ -67,3 +67,31 @@ class ScsiTransport(Protocol):
     ) -> ScsiResult: ...
 
     def close(self) -> None: ...
+
+
+class Borrowed:
+    """A transport lent to code that closes what it is given: ``close`` leaves it open.
+
+    For a node's own long-lived path to a LUN (its data-path session): fencing
+    code opens and closes a transport per action, but the node's path must stay.
+    """
+
+    def __init__(self, transport: ScsiTransport) -> None:
+        self.transport = transport
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    def execute(
+        self,
+        cdb: bytes,
+        direction: Direction = Direction.NONE,
+        data_out: bytes = b"",
+        data_in_length: int = 0,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> ScsiResult:
+        return self.transport.execute(cdb, direction, data_out, data_in_length, timeout)
+
+    def close(self) -> None:
+        pass
