@@ -10,7 +10,8 @@ BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 ip
 # The real peers the tests run against: the C fence-virt tools, fence-agents' metadata
 # schema, and a real libvirtd with QEMU (TCG) for the test that fences a real guest.
 TEST_PACKAGES := fence-virt fence-virtd fence-agents \
-	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 chromium tgt libiscsi7
+	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 chromium tgt libiscsi7 \
+	golang-go golang-github-vmware-govmomi-dev
 BENCH_PACKAGES := hyperfine
 
 STAMP_BASE := $(VENV)/.apt-base
