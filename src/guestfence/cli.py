@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     from guestfence.scsi.storagecheck_cli import add_parser as add_storage_check
 
     add_storage_check(sub)
+
+    from guestfence.target.cli import add_parser as add_target
+
+    add_target(sub)
     return p
 
 
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
             from guestfence.scsi.storagecheck_cli import run as run_storage_check
 
             sys.exit(run_storage_check(args))
+        if args.command == "target":
+            from guestfence.target.cli import run as run_target
+
+            sys.exit(run_target(args))
         if args.command == "manpages":
             from guestfence.manpages import write_manpages
 
