@@ -103,3 +103,25 @@ def test_agent_processes_and_aptpl_across_a_restart(target: OurTarget, tmp_path:
     # node1 logs in again as itself: its writes now conflict
     with IscsiTransport(target.url(1), initiator("node1"), isid_seed=initiator("node1")) as n1:
         assert write_status(n1) == Status.RESERVATION_CONFLICT
+
+
+def test_acknowledged_writes_survive_a_killed_target(target: OurTarget) -> None:
+    """Every WRITE the target acknowledged is read back after it is killed (SIGKILL) and
+    restarted. (A killed process keeps the page cache; the fdatasync before each
+    acknowledgement, which power loss needs, is checked in tests/unit/test_target_scsi.py.)"""
+    blocks = {lba: bytes([lba % 251]) * 512 for lba in range(0, 4096, 97)}
+    with IscsiTransport(target.url(1), initiator("writer"), connect_timeout=5) as w:
+        for lba, data in blocks.items():
+            cdb = bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
+            assert w.execute(cdb, Direction.TO_DEVICE, data).status in (Status.GOOD,
+                                                                         Status.CHECK_CONDITION)
+        for lba, data in blocks.items():  # the first WRITE may have met the login's UA
+            cdb = bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
+            assert w.execute(cdb, Direction.TO_DEVICE, data).status == Status.GOOD
+    target.restart(hard=True)
+    with IscsiTransport(target.url(1), initiator("reader"), connect_timeout=5) as r:
+        PrClient(r).test_unit_ready()
+        for lba, data in blocks.items():
+            cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
+            got = r.execute(cdb, Direction.FROM_DEVICE, data_in_length=512)
+            assert (got.status, got.data) == (Status.GOOD, data), lba
