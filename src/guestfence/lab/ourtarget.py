@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from guestfence.lab.lifecycle import StartStop
+from guestfence.lab.iscsilab import LabIscsiTarget
 from guestfence.lab.netns import LabError
 from guestfence.lab.tgt import free_port
 
-HOST = "127.0.0.1"
 DEFAULT_IQN = "iqn.2026-11.org.guestfence.lab:ours"
 DEFAULT_LUN_SIZE = 64 * 1024 * 1024
 READY_TIMEOUT = 15.0
@@ -40,7 +39,7 @@ _POLL = 0.01
 _ENTRY = "import sys; from guestfence.cli import main; sys.argv[0] = 'guestfence'; main()"
 
 
-class OurTarget(StartStop):
+class OurTarget(LabIscsiTarget):
     """``guestfence target serve`` with ``luns`` sparse file LUNs (LUN 1..N) on 127.0.0.1."""
 
     def __init__(
@@ -56,34 +55,10 @@ class OurTarget(StartStop):
         ready_timeout: float = READY_TIMEOUT,
         log_level: str = "INFO",
     ) -> None:
-        if luns < 1:
-            raise ValueError(f"luns must be at least 1, not {luns}")
-        if lun_size < 512 or lun_size % 512:
-            raise ValueError(f"lun_size must be a positive multiple of 512, not {lun_size}")
-        if chap is not None and not (chap[0] and chap[1]):
-            raise ValueError("chap needs a user and a password")
-        self.iqn = iqn
-        self.luns = luns
-        self.lun_size = lun_size
-        self.chap = chap
+        super().__init__(workdir, iqn=iqn, luns=luns, lun_size=lun_size, chap=chap, port=port,
+                         ready_timeout=ready_timeout)
         self.mutual_chap = mutual_chap
-        self.ready_timeout = ready_timeout
         self.log_level = log_level
-        self._requested_workdir = Path(workdir) if workdir is not None else None
-        self._own_workdir = False
-        self.workdir: Path | None = None
-        self.port = port
-        self._auto_port = port is None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._files: list[Path] = []
-
-    def __repr__(self) -> str:
-        return f"OurTarget({self.iqn} on {HOST}:{self.port}, luns={self.luns}, pid={self.pid})"
-
-    def _dir(self) -> Path:
-        if self.workdir is None:
-            raise LabError("target not started")
-        return self.workdir
 
     @property
     def log_path(self) -> Path:
@@ -93,29 +68,6 @@ class OurTarget(StartStop):
     def ready_path(self) -> Path:
         return self._dir() / "target.ready"
 
-    @property
-    def portal(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def lun_path(self, lun: int) -> Path:
-        if not 1 <= lun <= self.luns:
-            raise ValueError(f"LUN {lun} out of range 1..{self.luns}")
-        return self._dir() / f"lun{lun}.img"
-
-    def url(self, lun: int = 1, *, user: str | None = None, password: str | None = None) -> str:
-        """``iscsi://[user%password@]127.0.0.1:PORT/IQN/LUN``."""
-        if not 0 <= lun <= self.luns:
-            raise ValueError(f"LUN {lun} out of range 0..{self.luns}")
-        cred = f"{user}%{password}@" if user is not None else ""
-        return f"iscsi://{cred}{self.portal}/{self.iqn}/{lun}"
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -37,11 +37,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from guestfence.lab.lifecycle import StartStop
+from guestfence.lab.iscsilab import HOST, LabIscsiTarget
 from guestfence.lab.netns import LabError
 from guestfence.lab.tools import find_tool, missing
 
-HOST = "127.0.0.1"
 PACKAGE = "tgt"
 REQUIRED_TOOLS: dict[str, str] = {"tgtd": PACKAGE, "tgtadm": PACKAGE}
 """Executable -> Debian package that provides it."""
@@ -107,7 +106,7 @@ def _listening_ports(pid: int) -> set[int]:
     return ports
 
 
-class TgtTarget(StartStop):
+class TgtTarget(LabIscsiTarget):
     """``tgtd -f --iscsi portal=127.0.0.1:PORT`` with one target and ``luns`` file LUNs.
 
     A context manager: entering starts and configures it and waits until the
@@ -127,34 +126,8 @@ class TgtTarget(StartStop):
         port: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
-        if luns < 1:
-            raise ValueError(f"luns must be at least 1, not {luns}")
-        if lun_size < 512 or lun_size % 512:
-            raise ValueError(f"lun_size must be a positive multiple of 512, not {lun_size}")
-        if chap is not None and not (chap[0] and chap[1]):
-            raise ValueError("chap needs a user and a password")
-        self.iqn = iqn
-        self.luns = luns
-        self.lun_size = lun_size
-        self.chap = chap
-        self.ready_timeout = ready_timeout
-        self._requested_workdir = Path(workdir) if workdir is not None else None
-        self._own_workdir = False
-        self.workdir: Path | None = None
-        self.port = port
-        self._auto_port = port is None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._files: list[Path] = []
-
-    def __repr__(self) -> str:
-        return f"TgtTarget({self.iqn} on {HOST}:{self.port}, luns={self.luns}, pid={self.pid})"
-
-    # -- paths and names --------------------------------------------------------------
-
-    def _dir(self) -> Path:
-        if self.workdir is None:
-            raise LabError("tgt target not started")
-        return self.workdir
+        super().__init__(workdir, iqn=iqn, luns=luns, lun_size=lun_size, chap=chap, port=port,
+                         ready_timeout=ready_timeout)
 
     @property
     def ipc_base(self) -> Path:
@@ -165,29 +138,6 @@ class TgtTarget(StartStop):
     def log_path(self) -> Path:
         return self._dir() / "tgtd.log"
 
-    @property
-    def portal(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def lun_path(self, lun: int) -> Path:
-        if not 1 <= lun <= self.luns:
-            raise ValueError(f"LUN {lun} out of range 1..{self.luns}")
-        return self._dir() / f"lun{lun}.img"
-
-    def url(self, lun: int = 1, *, user: str | None = None, password: str | None = None) -> str:
-        """``iscsi://[user%password@]127.0.0.1:PORT/IQN/LUN``."""
-        if not 0 <= lun <= self.luns:
-            raise ValueError(f"LUN {lun} out of range 0..{self.luns}")
-        cred = f"{user}%{password}@" if user is not None else ""
-        return f"iscsi://{cred}{self.portal}/{self.iqn}/{lun}"
 
     # -- tgtadm ----------------------------------------------------------------------
 
