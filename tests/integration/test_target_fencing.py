@@ -125,3 +125,16 @@ def test_acknowledged_writes_survive_a_killed_target(target: OurTarget) -> None:
             cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
             got = r.execute(cdb, Direction.FROM_DEVICE, data_in_length=512)
             assert (got.status, got.data) == (Status.GOOD, data), lba
+
+
+@pytest.mark.parametrize(("sync", "wce"), [("always", False), ("on-flush", True)])
+def test_sync_policy_is_what_the_caching_page_says(tmp_path: Path, sync: str,
+                                                   wce: bool) -> None:
+    with OurTarget(tmp_path / "t", sync=sync) as t, \
+            IscsiTransport(t.url(1), initiator("probe"), connect_timeout=5) as probe:
+        PrClient(probe).test_unit_ready()
+        page = probe.execute(bytes([0x1A, 0x08, 0x08, 0, 255, 0]), Direction.FROM_DEVICE,
+                             data_in_length=255)
+        assert page.status == Status.GOOD
+        caching = page.data[4:]  # after the mode parameter header (DBD set: no descriptor)
+        assert caching[0] & 0x3F == 0x08 and bool(caching[2] & 0x04) == wce

@@ -54,7 +54,9 @@ class OurTarget(LabIscsiTarget):
         port: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
         log_level: str = "INFO",
+        sync: str = "always",
     ) -> None:
+        self.sync = sync
         super().__init__(workdir, iqn=iqn, luns=luns, lun_size=lun_size, chap=chap, port=port,
                          ready_timeout=ready_timeout)
         self.mutual_chap = mutual_chap
@@ -100,7 +102,8 @@ class OurTarget(LabIscsiTarget):
     def argv(self) -> list[str]:
         argv = [sys.executable, "-c", _ENTRY, "target", "serve", "--iqn", self.iqn,
                 "--portal", self.portal, "--ready-file", str(self.ready_path),
-                "--log-level", self.log_level, "--logout-grace", str(LOGOUT_GRACE)]
+                "--log-level", self.log_level, "--logout-grace", str(LOGOUT_GRACE),
+                "--sync", self.sync]
         for lun in range(1, self.luns + 1):
             argv += ["--lun", str(self.lun_path(lun))]
         if self.chap is not None:

@@ -92,6 +92,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--logout-grace", type=float, default=2.0, metavar="SECONDS",
                    help="on SIGTERM, how long initiators get to log out (default 2)")
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    s.add_argument("--sync", choices=("always", "on-flush"), default="always",
+                   help="always (default): every WRITE is on disk (fdatasync) before it "
+                   "completes; on-flush: only on SYNCHRONIZE CACHE and FUA writes, as a disk "
+                   "with a write cache (WCE=1) behaves")
 
 
 def load_config(args: argparse.Namespace) -> ServeConfig:
@@ -146,15 +150,16 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(args)
     prepare_files(cfg)
-    return asyncio.run(_serve(cfg, args.ready_file, args.logout_grace))
+    return asyncio.run(_serve(cfg, args.ready_file, args.logout_grace, args.sync))
 
 
-async def _serve(cfg: ServeConfig, ready_file: Path | None, grace: float) -> int:
+async def _serve(cfg: ServeConfig, ready_file: Path | None, grace: float,
+                 sync: str = "always") -> int:
     from guestfence.target.login import LoginConfig
     from guestfence.target.server import Target, TargetServer, file_lun_factory, serve
 
     numbers = list(range(1, len(cfg.luns) + 1))
-    luns = {n: file_lun_factory(path, n, cfg.iqn, lambda: list(numbers))
+    luns = {n: file_lun_factory(path, n, cfg.iqn, lambda: list(numbers), sync)
             for n, (path, _) in zip(numbers, cfg.luns, strict=True)}
     target = Target(LoginConfig(cfg.iqn, chap=cfg.chap, mutual_chap=cfg.mutual_chap), luns)
     stop = asyncio.Event()

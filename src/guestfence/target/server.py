@@ -64,13 +64,14 @@ INTERNAL_FAILURE_SENSE = fixed_sense(0x04, 0x44, 0x00)  # HARDWARE ERROR, INTERN
 
 
 def file_lun_factory(path: Path, lun: int, target_name: str,
-                     luns: Callable[[], list[int]]) -> LogicalUnit:
+                     luns: Callable[[], list[int]], sync: str = "always") -> LogicalUnit:
     """The default LUs: target/scsi.py's FileLun, imported here so the rest runs without it."""
     from guestfence.target.scsi import FileLun
 
     # A stable serial (VPD 0x80) per target and LUN: initiators key multipath on it.
     serial = "GF" + hashlib.sha256(f"{target_name}/{lun}".encode()).hexdigest()[:14].upper()
-    return FileLun(path, lun, serial=serial, luns=luns, target_name=target_name)
+    return FileLun(path, lun, serial=serial, luns=luns, target_name=target_name,
+                   sync="on-flush" if sync == "on-flush" else "always")
 
 
 class Target:
