@@ -85,7 +85,8 @@ def test_unfence_fence_status_as_pacemaker_does(lab: Lab) -> None:
     for dev in lab.targets:
         assert lab.nodes["node1"].write(dev) == Status.RESERVATION_CONFLICT
         assert lab.nodes["node2"].write(dev) == Status.GOOD
-    assert lab.run("node3", "action=off\nplug=node1\n")[:2] == (0, "Success: Already OFF\n")
+    # off always runs the verified fence (the key may be gone and the reservation too)
+    assert lab.run("node3", "action=off\nplug=node1\n")[:2] == (0, "Success: Powered OFF\n")
 
 
 def test_keys_match_fence_agents_hash_derivation(lab: Lab) -> None:
@@ -179,3 +180,14 @@ def test_bad_device_specs_fail_before_any_device_is_touched() -> None:
 def test_split_devices() -> None:
     assert agent.split_devices("/dev/sdb, /dev/sdc iscsi://h/iqn.x:y/1") == (
         "/dev/sdb", "/dev/sdc", "iscsi://h/iqn.x:y/1")
+
+
+def test_off_runs_even_when_the_key_is_already_gone(lab: Lab) -> None:
+    """Review finding: "Already OFF" while the target had lost its reservation."""
+    unfence_all(lab)
+    for t in lab.targets.values():
+        t.power_cycle()  # keys and reservation gone: node1 could write again
+    code, out, err = lab.run("node3", "action=off\nplug=node1\n")
+    assert (code, out) == (0, "Success: Powered OFF\n"), err
+    for dev in lab.targets:
+        assert lab.nodes["node1"].write(dev) == Status.RESERVATION_CONFLICT

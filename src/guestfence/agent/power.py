@@ -128,8 +128,8 @@ class PowerDriver:
         target: State = "on" if action == "on" else "off"
         # Multi-plug: "already" only when every plug is in the target state (fence-agents
         # would say "Already ON" when any single plug is on).
-        if all(s == target for s in states.values()) and not (target == "on" and
-                                                              self.spec.force_on):
+        forced = self.spec.force_on if target == "on" else self.spec.force_off
+        if all(s == target for s in states.values()) and not forced:
             self.say(f"Success: Already {target.upper()}")
             return 0
         if target == "off":

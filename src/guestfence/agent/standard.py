@@ -121,6 +121,9 @@ class AgentSpec:
     # behaviour
     fabric: bool = False  # no reboot; default action off; on automatic="1"; enable/disable
     force_on: bool = False  # "on" is always carried out, even when already on
+    # "off" is always carried out: for fence_scsi "key not registered" is not "cut off"
+    # (the reservation may be gone too), so the verified fence must run every time
+    force_off: bool = False
     on_target: bool | None = None  # on_target="1" on the on action; default: same as fabric
     defaults: Mapping[str, str] = field(default_factory=dict)  # e.g. {"power_wait": "1"}
     plug_desc: str | None = None  # shortdesc of plug/port

@@ -99,6 +99,7 @@ SPEC = AgentSpec(
     has_list=True,
     fabric=True,
     force_on=True,
+    force_off=True,
     on_target=True,
     shorts={"delay": "H"},
     plug_override="nodename",

@@ -151,7 +151,7 @@ class SharedStorage:
 
         def attempt(client: PrClient) -> FenceOutcome:
             outcome = FenceOutcome(False, "")
-            if victim in self._register(client, own_key):
+            if victim in self._fencer_registration(client, own_key):
                 outcome = FenceOutcome(True, self._preempt(client, own_key, victim))
             if client.read_reservation().reservation is None:
                 # the target lost the reservation (restart, or the victim released it):
@@ -168,12 +168,37 @@ class SharedStorage:
                 return attempt(client)
             except ReservationConflict:
                 # our registration vanished under us (the session was re-established and
-                # the target dropped it): register again and redo the whole sequence once
-                log.warning("%s: reservation conflict while fencing; registering again and "
-                            "retrying", client.name)
+                # the target dropped it): once more, with the same guard against being
+                # the fenced one
+                log.warning("%s: reservation conflict while fencing; checking our "
+                            "registration again", client.name)
                 return attempt(client)
 
         return self._on_each("fence", work)
+
+    def _fencer_registration(self, client: PrClient, own_key: int) -> tuple[int, ...]:
+        """Our key on this nexus before we fence; the keys then registered.
+
+        A node that has itself been fenced must not come back by fencing others (a
+        split brain: both sides fence). Fencing removed every registration with its
+        key, so: if other keys are registered and ours is not, refuse. fence-agents
+        gets the same refusal from the target (a PREEMPT from an unregistered nexus
+        is a RESERVATION CONFLICT) on versions that do not register first. Only an
+        empty key list (the target lost its state, e.g. a restart without APTPL)
+        lets us register again, so that a reservation can be re-established.
+        """
+        try:
+            client.register(own_key, current=own_key)  # does this nexus hold our key?
+            return client.read_keys().keys
+        except ReservationConflict:
+            pass
+        keys = client.read_keys().keys
+        if keys and own_key not in keys:
+            raise GuestfenceError(
+                f"this node's key {own_key:x} is not registered while others are: this node "
+                "has been fenced (or was never unfenced), so it must not fence others"
+            )
+        return self._register(client, own_key)
 
     def _preempt(self, client: PrClient, own_key: int, victim: int) -> str:
         try:
