@@ -1,0 +1,41 @@
+"""Where guests run across hosts and live migrations: a pure core (:mod:`.locations`)."""
+
+from guestfence.tracking.locations import (
+    Ambiguous,
+    Decision,
+    DomainState,
+    Kind,
+    LocationTable,
+    Migrating,
+    Migration,
+    Owner,
+    OwnerGone,
+    StaticMap,
+    Unknown,
+    Violation,
+    acting_host,
+    canonical_uuid,
+    from_libvirt,
+    responder,
+    role_of,
+)
+
+__all__ = [
+    "Ambiguous",
+    "Decision",
+    "DomainState",
+    "Kind",
+    "LocationTable",
+    "Migrating",
+    "Migration",
+    "Owner",
+    "OwnerGone",
+    "StaticMap",
+    "Unknown",
+    "Violation",
+    "acting_host",
+    "canonical_uuid",
+    "from_libvirt",
+    "responder",
+    "role_of",
+]
