@@ -76,3 +76,31 @@ def test_off_executes_on_the_owner_only(two_hosts: tuple[Lan, dict[str, OurDaemo
     assert not any("guest6" in x for x in daemons["h1"].request_lines())
     # a guest that runs nowhere: nobody answers, so the request fails instead of guessing
     assert run("-o", "off", "-H", "guest9", "-t", "2")[0] == 1
+
+
+def test_shut_off_copy_on_another_host_never_answers(lan: Callable[..., Lan], tmp_path: Path,
+                                                     tmp_key: Path) -> None:
+    """A domain migrated away without --undefinesource stays defined (shut off) on its old
+    host; with claim_shut_off = "no" only the host running it answers."""
+    from guestfence.lab.testdriver import Guest
+
+    net = lan(["h1", "h2", "g"])
+    vm = "11111111-1111-1111-1111-0000000000aa"
+    placements = {"h1": Guest(name="mover", uuid=vm, running=False),
+                  "h2": Guest(name="mover", uuid=vm, running=True)}
+    daemons: list[OurDaemon] = []
+    try:
+        for host, guest in placements.items():
+            write_node_xml(tmp_path / f"{host}.xml", [guest])
+            conf = tmp_path / f"{host}.conf"
+            conf.write_text(daemon_config_text(str(tmp_key), [node_uri(tmp_path / f"{host}.xml")],
+                                               interface="eth0", claim_shut_off=False))
+            daemons.append(OurDaemon(conf, namespace=net[host], debug=1).start())
+        for _ in range(10):
+            r = net["g"].run([venv_tool("fence_xvm"), "-k", str(tmp_key), "-o", "status", "-H",
+                              "mover", "-t", "10"], capture_output=True, text=True, timeout=30)
+            assert (r.returncode, r.stdout.strip()) == (0, "Status: ON")
+        assert not daemons[0].request_lines()  # the host with the shut-off copy stayed silent
+    finally:
+        for d in daemons:
+            d.stop()

@@ -189,3 +189,48 @@ def test_unreachable_libvirtd_is_a_failure_not_a_hang(monkeypatch: pytest.Monkey
     first.alive = False
     assert backend.execute(Op.OFF, "vm") == Result.FAIL
     assert backend.execute(Op.DEVSTATUS, "") == Result.FAIL
+
+
+class MigratingAway(FakeDomain):
+    """destroy() fails (a migration holds the state lock), then the domain is gone."""
+
+    def destroy(self) -> None:
+        self.calls.append("destroy")
+        self.gone = True
+        raise libvirt.libvirtError("cannot acquire state change lock")
+
+    def isPersistent(self) -> bool:
+        if self.gone:
+            raise no_domain()
+        return super().isPersistent()
+
+
+@pytest.mark.parametrize("transient", [False, True])
+def test_failed_destroy_then_vanished_is_not_off(monkeypatch: pytest.MonkeyPatch,
+                                                 transient: bool) -> None:
+    """Review finding: the domain may have migrated away and run elsewhere."""
+    backend = make(monkeypatch, FakeConn(MigratingAway("vm", transient=transient)))
+    assert backend.execute(Op.OFF, "vm") == Result.FAIL
+
+
+class TransientGone(FakeDomain):
+    """A real transient domain: after destroy, even isPersistent() says NO_DOMAIN."""
+
+    def isPersistent(self) -> bool:
+        if self.gone:
+            raise no_domain()
+        return super().isPersistent()
+
+
+def test_destroyed_transient_domain_that_vanished_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = make(monkeypatch, FakeConn(TransientGone("vm", transient=True)))
+    assert backend.execute(Op.OFF, "vm") == Result.SUCCESS
+
+
+def test_shut_off_copy_is_not_claimed_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a host that kept a migrated domain's definition must stay silent."""
+    conn = FakeConn(FakeDomain("away", state=SHUTOFF), FakeDomain("here"))
+    backend = make(monkeypatch, conn)
+    assert backend.owns("away") and backend.owns("here")
+    backend.claim_shut_off = False
+    assert not backend.owns("away") and backend.owns("here") and not backend.owns("nosuch")

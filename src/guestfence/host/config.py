@@ -99,6 +99,10 @@ class BackendConfig:
     name: Literal["libvirt", "cpg"]
     uris: tuple[str, ...]
     name_mode: NameMode
+    # guestfence: does a shut-off definition make this host the domain's owner? "yes"
+    # suits one host per multicast group; "no" is needed when several hosts share a
+    # group and a domain may stay defined (shut off) on a host it migrated away from
+    claim_shut_off: bool = True
 
 
 @dataclass(frozen=True)
@@ -300,7 +304,7 @@ _SCHEMA: _Schema = {
         "serial": _keys("key_file", "uri", "path", "mode"),
     },
     "backends": {
-        "libvirt": _keys("uri", "uriN"),
+        "libvirt": _keys("uri", "uriN", "claim_shut_off"),
         "cpg": _keys("uri", "uriN", "name_mode"),
         **{name: _OPAQUE for name in ("checkpoint", "libvirt-qmf", "pm-fence", "null")},
     },
@@ -486,7 +490,9 @@ class _Builder:
         mode = self.choice(core, "name_mode", "fence_virtd", _NAME_MODES, "name")
         if name == "cpg":  # the cpg block overrides the legacy fence_virtd key
             mode = self.choice(block, "name_mode", "backends/cpg", _NAME_MODES, mode)
-        return BackendConfig(name, tuple(uris), mode)
+        claim = self.choice(block, "claim_shut_off", f"backends/{name}",
+                            {"yes": "yes", "no": "no", "1": "yes", "0": "no"}, "yes")
+        return BackendConfig(name, tuple(uris), mode, claim_shut_off=claim == "yes")
 
     def groups(self) -> tuple[Group, ...]:
         top = _find(self.tree, "groups", block=True)

@@ -83,7 +83,8 @@ def make_backend(config: Config) -> Backend:
         raise ConfigError(
             f"{config.path}: backend 'cpg' is not available yet; use backend = \"libvirt\""
         )
-    return LibvirtBackend(config.backend.uris, config.backend.name_mode)
+    return LibvirtBackend(config.backend.uris, config.backend.name_mode,
+                          claim_shut_off=config.backend.claim_shut_off)
 
 
 def _key_and_algorithms(config: Config) -> tuple[bytes, HashType, HashType]:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from guestfence.errors import AuthError, BackendError, ProtocolError
+from guestfence.errors import AuthError, BackendError, GuestfenceError, ProtocolError
 from guestfence.host.acl import AccessMap
 from guestfence.host.history import History, RequestKey
 from guestfence.host.keyedlock import KeyedLocks
@@ -43,6 +43,7 @@ class Backend(Protocol):
     name: str
 
     def lookup(self, target: str) -> object | None: ...
+    def owns(self, target: str) -> bool: ...
     def execute(self, op: int, target: str) -> int: ...
     def host_list(self) -> list[HostRecord]: ...
     def close(self) -> None: ...
@@ -179,9 +180,17 @@ class FenceService:
         log.warning("dropped request from %s: %s%s", printable(requester), reason,
                     f" ({printable(detail)})" if detail else "")
 
+    def _lock_key(self, target: str) -> str:
+        try:
+            info = self.backend.lookup(target)
+        except GuestfenceError:
+            info = None
+        uuid = getattr(info, "uuid", None)
+        return str(uuid).lower() if uuid else target.lower()
+
     async def owns(self, target: str) -> bool:
         try:
-            return await asyncio.to_thread(self.backend.lookup, target) is not None
+            return await asyncio.to_thread(self.backend.owns, target)
         except BackendError as e:
             log.error("backend lookup of %r failed: %s", target, e)
             return False
@@ -218,6 +227,9 @@ class FenceService:
                 detail = "requester silent" if not served else "answer not delivered"
             except (OSError, ProtocolError) as e:
                 outcome, detail = "disconnected", str(e)
+            except Exception as e:  # a bug must not lose the request's log line
+                log.exception("request from %s failed unexpectedly", printable(req.requester))
+                outcome, detail = "error", f"{type(e).__name__}: {e}"
             finally:
                 if history_key is not None:
                     self.history.finish(history_key, time.monotonic(), served=served)
@@ -236,12 +248,17 @@ class FenceService:
     ) -> tuple[int | None, bytes]:
         """The result byte (None: do nothing, the requester is gone) and the bytes to send."""
         if req.op == Op.HOSTLIST:
-            records = await asyncio.to_thread(self.backend.host_list)
+            try:
+                records = await asyncio.to_thread(self.backend.host_list)
+            except GuestfenceError as e:
+                log.error("host list failed: %s", e)
+                return Result.FAIL, framing.result(Result.FAIL)
             shown = [r for r in records if self.access.shows(req.requester, r.name, r.uuid)]
             return Result.HOSTLIST, framing.host_list(shown)
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
             return Result.PERM, framing.result(Result.PERM)
-        async with self._locks.hold(req.target.lower()):
+        # one lock per domain, whatever the request calls it (name or UUID)
+        async with self._locks.hold(await asyncio.to_thread(self._lock_key, req.target)):
             await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
             if stream.peer_gone():
                 return None, b""

@@ -154,6 +154,7 @@ def daemon_config_text(
     hash_name: str = "sha256",
     auth: str = "sha256",
     groups: Sequence[tuple[Sequence[str], Sequence[str]]] = (),
+    claim_shut_off: bool = True,
 ) -> str:
     """A fence_virt.conf that both guestfenced and fence_virtd read."""
     lines = [
@@ -176,6 +177,8 @@ def daemon_config_text(
         lines.append(f'\t\tinterface = "{interface}";')
     lines += ["\t}", "}", "backends {", "\tlibvirt {"]
     lines += [f'\t\t{"uri" if i == 0 else f"uri{i}"} = "{u}";' for i, u in enumerate(uris)]
+    if not claim_shut_off:  # guestfence only; fence_virtd would warn about an unknown key
+        lines.append('\t\tclaim_shut_off = "no";')
     lines += ["\t}", "}"]
     if groups:
         lines.append("groups {")

@@ -52,6 +52,14 @@ def canonical_uuid(text: str) -> str | None:
     return str(parsed) if str(parsed) == text.lower() else None
 
 
+def _persistent(dom: Any) -> bool:
+    """isPersistent(), read before the domain may vanish; unknown counts as persistent."""
+    try:
+        return bool(dom.isPersistent())
+    except libvirt.libvirtError:
+        return True
+
+
 def _silence_libvirt_stderr() -> None:
     # libvirt prints every error on stderr by default; we report them ourselves.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -61,13 +69,14 @@ class LibvirtBackend:
     name = "libvirt"
 
     def __init__(self, uris: Sequence[str], name_mode: str = "name",
-                 power_timeout: float = POWER_TIMEOUT) -> None:
+                 power_timeout: float = POWER_TIMEOUT, claim_shut_off: bool = True) -> None:
         if not uris:
             raise BackendError("the libvirt backend needs at least one uri")
         _silence_libvirt_stderr()
         self.uris = tuple(uris)
         self.name_mode = name_mode
         self.power_timeout = power_timeout
+        self.claim_shut_off = claim_shut_off
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
         for uri in self.uris:
@@ -150,6 +159,18 @@ class LibvirtBackend:
         except libvirt.libvirtError as e:
             raise BackendError(f"lookup of {target!r} failed: {e.get_error_message()}") from e
 
+    def owns(self, target: str) -> bool:
+        """Whether this host answers for ``target`` on a shared multicast group.
+
+        With ``claim_shut_off`` off, only a domain that is not shut off here counts:
+        a host that kept the definition of a domain migrated away must not answer
+        "off" (or fence "successfully") while the domain runs on another host.
+        """
+        info = self.lookup(target)
+        if info is None:
+            return False
+        return self.claim_shut_off or info.state != VIR_DOMAIN_SHUTOFF
+
     def host_list(self) -> list[HostRecord]:
         records: dict[str, HostRecord] = {}
         for uri in self.uris:  # unlike the C backend, later URIs do not overwrite earlier ones
@@ -192,21 +213,31 @@ class LibvirtBackend:
         _, dom = found
         if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
             return Result.SUCCESS
-        with contextlib.suppress(libvirt.libvirtError):
-            # it may have stopped by itself in the meantime; the check below decides
-            dom.destroy()
-        return Result.SUCCESS if self._wait_off(dom) else Result.FAIL
+        transient = not _persistent(dom)  # read first: a destroyed transient domain is gone
+        destroyed = self._destroy(dom)
+        return Result.SUCCESS if self._wait_off(dom, destroyed and transient) else Result.FAIL
 
-    def _wait_off(self, dom: Any) -> bool:
+    @staticmethod
+    def _destroy(dom: Any) -> bool:
+        """virDomainDestroy; False if it failed (it may still have stopped by itself)."""
+        try:
+            dom.destroy()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def _wait_off(self, dom: Any, vanish_is_off: bool) -> bool:
+        """Shut off within power_timeout. A domain that vanished counts as off only if
+        our destroy succeeded on a transient domain (``vanish_is_off``): after a failed
+        destroy it may have been migrated away, and then it runs elsewhere."""
         deadline = time.monotonic() + self.power_timeout
         while True:
             try:
                 if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
                     return True
             except libvirt.libvirtError as e:
-                # a transient domain is gone once destroyed: that is off
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return True
+                    return vanish_is_off
                 raise
             if time.monotonic() >= deadline:
                 return False
@@ -238,10 +269,8 @@ class LibvirtBackend:
         if dom.state()[0] == VIR_DOMAIN_SHUTOFF:
             return Result.SUCCESS  # documented: reboot does not power on a VM that is off
         xml = dom.XMLDesc(0)
-        persistent = bool(dom.isPersistent())
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.destroy()
-        if not self._wait_off(dom):
+        persistent = _persistent(dom)
+        if not self._wait_off(dom, self._destroy(dom) and not persistent):
             return Result.FAIL
         try:
             if persistent:

@@ -32,6 +32,9 @@ from guestfence.virt.wire import REQUEST_SIZE, FenceRequest, verify_request
 log = logging.getLogger("guestfenced")
 
 CONNECT_BACK_TIMEOUT = 5.0
+# A call-back later than this after the datagram arrived may reach a different client
+# that happens to listen on the same ephemeral port now: drop the request instead.
+MAX_CALLBACK_DELAY = 10.0
 REQUEST_READ_TIMEOUT = 3.0
 
 
@@ -123,9 +126,10 @@ class MulticastListener:
             svc.metrics["duplicates"] += 1
             log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
             return
-        svc.spawn(self._handle(req, key))
+        svc.spawn(self._handle(req, key, time.monotonic()))
 
-    async def _handle(self, req: FenceRequest, key: tuple[int, int, str]) -> None:
+    async def _handle(self, req: FenceRequest, key: tuple[int, int, str],
+                      received: float) -> None:
         svc = self.service
         requester = str(req.address)
         target = printable(req.domain)
@@ -137,6 +141,10 @@ class MulticastListener:
             return
         request = Request(self.kind, requester, req.op, req.domain, req.seqno)
         assert req.address is not None
+        if time.monotonic() - received > MAX_CALLBACK_DELAY:
+            svc.history.finish(key, time.monotonic(), served=False)
+            svc.drop("stale", requester, f"{time.monotonic() - received:.1f} s old")
+            return
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(str(req.address), req.port), CONNECT_BACK_TIMEOUT
