@@ -118,8 +118,20 @@ def test_owner_gone_is_not_success_until_fenced() -> None:
 
 
 def test_guest_restarted_elsewhere_after_its_host_left() -> None:
+    """Host cluster (strict): the departed host may still run a copy until it is fenced."""
     t = two_hosts()
     t.host_left("a", 5.0)
+    t.event("b", U1, "g1", Kind.STARTED, "BOOTED", 6.0)
+    assert isinstance(t.owner("g1"), Ambiguous)
+    t.host_fenced("a", 7.0)
+    assert t.owner("g1") == Owner("b", U1, "g1", RUNNING)
+
+
+def test_without_a_host_cluster_a_reachable_running_copy_is_acted_on() -> None:
+    t = LocationTable(trust_running_member=True)
+    t.announce("a", running("g1", U1), 0.0)
+    t.announce("b", {}, 0.0)
+    t.host_left("a", 5.0)  # unreachable
     t.event("b", U1, "g1", Kind.STARTED, "BOOTED", 6.0)
     assert t.owner("g1") == Owner("b", U1, "g1", RUNNING)
 

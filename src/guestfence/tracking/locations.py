@@ -245,7 +245,13 @@ def _role_from_state(st: DomainState, previous: _Entry | None) -> int:
 class LocationTable:
     """Where every guest is, as far as announcements, events and membership tell."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, trust_running_member: bool = False) -> None:
+        """``trust_running_member``: a member showing the guest running wins over the
+        listing of a departed host that is not fenced yet. That is the no-host-cluster
+        mode (an unreachable host cannot be fenced by us; a reachable one that runs the
+        guest is acted on). In host-cluster mode it stays False: the departed host may
+        still run a copy, so the answer is Ambiguous (fail) until it is fenced."""
+        self.trust_running_member = trust_running_member
         self._hosts: dict[str, _Host] = {}
         self._by_uuid: dict[str, dict[str, _Entry]] = {}
         self._by_name: dict[str, dict[str, int]] = {}  # casefold name -> uuid -> entry count
@@ -497,9 +503,12 @@ class LocationTable:
         running = [h for h, e in live_present if e.role == _ACTIVE and e.state != PAUSED]
         if len(running) >= 2:
             return Ambiguous(tuple(sorted(running)), target)
-        if running:  # a live host shows it running: stale listings of absent hosts lose
-            return self._resolve(u, name, live_present, target)
         gone_present = [(h, e) for h, e in gone if e.role != _OFF]
+        unfenced = [h for h, _ in gone_present if not self._hosts[h].fenced]
+        if running and unfenced and not self.trust_running_member:
+            return Ambiguous(tuple(sorted({*running, *unfenced})), target)
+        if running:  # a live host shows it running: listings of absent hosts lose
+            return self._resolve(u, name, live_present, target)
         if live_present or gone_present:
             d = self._resolve(u, name, live_present + gone_present, target)
             actor = acting_host(d)
