@@ -115,3 +115,46 @@ def test_missing_default_key_is_an_error_not_a_downgrade(
     with pytest.raises(virtclient.Failure, match="cannot read key file"):
         virtclient._load_key(inv, HashType.SHA256, HashType.SHA256)
     assert virtclient._load_key(inv, HashType.NONE, HashType.NONE) == b""
+
+
+@pytest.mark.parametrize("action", ["off", "reboot", "status", "on"])
+def test_host_list_answer_to_anything_but_list_is_a_failure(
+        action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from guestfence.virt.handshake import ClientOutcome
+
+    outcome = ClientOutcome()
+    outcome.result = 253
+    inv = virtclient.Invocation("fence_virt", action, "vm", {})
+    assert virtclient._report(inv, outcome) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Unexpected host list" in captured.err
+
+
+def test_stale_bytes_on_a_serial_line_are_not_our_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late answer to an earlier request is already waiting on the line: skip it."""
+    import os
+    import threading
+
+    from guestfence.agents import transport
+    from guestfence.virt.wire import SERIAL_REQUEST_SIZE, SerialRequest, pack_serial_response
+
+    to_us, to_daemon = os.pipe(), os.pipe()  # a tty is one fd both ways; two pipes here
+    os.write(to_us[1], pack_serial_response(0))  # stale: someone else's "success"
+    real_write = transport._write_all
+    monkeypatch.setattr(transport, "_write_all",
+                        lambda _fd, data, deadline: real_write(to_daemon[1], data, deadline))
+
+    def daemon() -> None:
+        os.read(to_daemon[0], SERIAL_REQUEST_SIZE)
+        os.write(to_us[1], pack_serial_response(1))  # the answer to this request: failed
+
+    t = threading.Thread(target=daemon)
+    t.start()
+    try:
+        outcome = transport.serial_exchange(to_us[0], SerialRequest(1, "vm", 7), 5.0)
+    finally:
+        t.join()
+        for f in (*to_us, *to_daemon):
+            os.close(f)
+    assert outcome.result == 1

@@ -223,6 +223,7 @@ def serial_exchange(fd_or_sock: int | socket.socket, request: SerialRequest,
     """74-byte request, then scan for 'abba' + result; host records after a 253."""
     deadline = time.monotonic() + timeout
     fd = fd_or_sock.fileno() if isinstance(fd_or_sock, socket.socket) else fd_or_sock
+    _drain(fd)  # bytes already on the line answer someone else's request, never ours
     _write_all(fd, request.pack(), deadline)
     buffer = b""
     outcome = ClientOutcome()
@@ -233,6 +234,9 @@ def serial_exchange(fd_or_sock: int | socket.socket, request: SerialRequest,
                 record = parse_host_record(buffer[:HOST_RECORD_SIZE])
                 buffer = buffer[HOST_RECORD_SIZE:]
                 if record is None:
+                    # the daemon ends a list with one more abba+result: take it off the
+                    # line (briefly) so the next client does not read it as its answer
+                    _consume_trailer(fd, buffer, min(deadline, time.monotonic() + 1.0))
                     return outcome
                 outcome.hosts.append(record)
                 continue
@@ -251,6 +255,26 @@ def serial_exchange(fd_or_sock: int | socket.socket, request: SerialRequest,
         chunk = os.read(fd, 4096)
         if not chunk:
             raise TransportError("serial channel closed before the answer")
+        buffer += chunk
+
+
+def _drain(fd: int) -> None:
+    while select.select([fd], [], [], 0)[0]:
+        try:
+            if not os.read(fd, 4096):
+                return
+        except BlockingIOError:
+            return
+
+
+def _consume_trailer(fd: int, buffer: bytes, deadline: float) -> None:
+    while find_serial_response(buffer)[0] is None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return
         buffer += chunk
 
 

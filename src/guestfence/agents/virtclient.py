@@ -266,6 +266,11 @@ def _report(inv: Invocation, outcome: ClientOutcome) -> int:
     if code is None:
         raise Failure("Operation failed")
     if code == Result.HOSTLIST:
+        if inv.action not in ("list", "list-status"):
+            # a host list answers only a list request: a stale or garbled one must not
+            # pass for success (or for "on") of anything else
+            _err(f"Unexpected host list in answer to {inv.action}")
+            return 1
         for host in outcome.hosts:
             sys.stdout.write(f"{host.name:<32} {host.uuid} {'on' if host.is_on else 'off'}\n")
         return 0
