@@ -471,3 +471,10 @@ def test_rendered_trees_parse_back_to_the_same_tree(tree: tuple[Node, ...]) -> N
     parsed = parse_tree(text, "f")
     assert without_lines(parsed) == tree
     assert line_numbers_match(parsed, text)
+
+
+def test_groups_block_without_usable_group_fails_closed() -> None:
+    """Review finding: a typo ("ips") must not turn the access map off."""
+    text = LAB_CONF + 'groups {\n\tgroup {\n\t\tips = "10.0.0.1";\n\t}\n}\n'
+    with pytest.raises(ConfigError, match="groups block without any usable group"):
+        parse_config(text, "f.conf")

@@ -509,6 +509,11 @@ class _Builder:
             else:
                 self.warn(block, f"group {name!r} has no ip or uuid keys and is ignored "
                           "(C fence_virtd would also ignore every group above it)")
+        if top is not None and not groups:
+            # a groups block means "restrict"; with every group unusable (a typo such as
+            # "ips ="), falling back to "allow everything" would fail open
+            _fail(self.path, top.line, "a groups block without any usable group",
+                  'groups with ip = "..." and uuid = "..." entries, or no groups block at all')
         return tuple(groups)
 
 
