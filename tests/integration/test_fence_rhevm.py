@@ -364,3 +364,24 @@ def test_name_the_search_cannot_quote_is_found_in_the_full_list(engine: OvirtMoc
     r = run(engine, "status", 'say "hi"')
     assert (r.code, r.out) == (0, "Status: ON\n"), r
     assert not any(q.query for q in engine.recorded("GET", "/vms"))
+
+
+@pytest.mark.parametrize("status", ["unknown", "not_responding"])
+def test_status_the_engine_does_not_know_is_a_failure(engine: OvirtMock, status: str) -> None:
+    """Review finding: "unknown" was reported ON ("Already ON" / "Status: ON")."""
+    engine.add_vm("lost-vm", status)
+    for action in ("status", "on", "off"):
+        r = run(engine, action, "lost-vm")
+        assert r.code == 1 and r.out == "", r
+
+
+def test_comma_in_a_vm_name_is_one_plug(engine: OvirtMock) -> None:
+    """Review finding: "db,prod" was split into the VMs "db" and "prod"."""
+    engine.add_vm("db,prod", "up")
+    engine.add_vm("db", "down")
+    engine.add_vm("prod", "down")
+    r = run(engine, "status", "db,prod")
+    assert (r.code, r.out) == (0, "Status: ON\n"), r
+    r = run(engine, "off", "db,prod")
+    assert (r.code, r.out) == (0, "Success: Powered OFF\n"), r
+    assert engine.vm("db,prod").status == "down"

@@ -132,6 +132,9 @@ class AgentSpec:
     # options that make a plug unnecessary (fence_scsi: key)
     plug_override: str | None = None
     plug_optional_with: tuple[str, ...] = ()
+    # plugs are names that may contain the separator (VM names may hold a comma): split
+    # "a,b" into several plugs only when plug_separator is given explicitly
+    plugs_are_names: bool = False
     validate: Callable[[Options], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -320,8 +323,11 @@ def validate(spec: AgentSpec, given: Mapping[str, str], action: str,
     plugs: tuple[str, ...] = ()
     named = vals.get(spec.plug_override or "") or vals.get("port")
     if spec.has_plug and named:
-        pieces = (s.strip() for s in named.split(vals["plug_separator"]))
-        plugs = tuple(s for s in pieces if s)
+        if spec.plugs_are_names and "plug_separator" not in given:
+            plugs = (named.strip(),)
+        else:
+            pieces = (s.strip() for s in named.split(vals["plug_separator"]))
+            plugs = tuple(s for s in pieces if s)
     if spec.has_plug and not plugs and any(vals.get(n) for n in spec.plug_optional_with):
         plugs = ("",)  # the agent works from that option instead of a plug
     if spec.has_plug and not plugs and action not in NO_PLUG_ACTIONS:

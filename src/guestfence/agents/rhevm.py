@@ -40,7 +40,7 @@ import requests
 
 from guestfence.agent.params import Param
 from guestfence.agent.power import AgentFailure, State, run_agent
-from guestfence.agent.standard import AgentSpec, Options
+from guestfence.agent.standard import CONNECT_TIMEOUT_CAP, AgentSpec, Options
 
 log = logging.getLogger("guestfence.fence_rhevm")
 
@@ -84,6 +84,7 @@ SPEC = AgentSpec(
     passwd=True,
     ssl=True,
     has_plug=True,
+    plugs_are_names=True,
     has_list=True,
     defaults={"power_wait": "1", "shell_timeout": "5"},
     plug_desc="Physical plug number on device, UUID or identification of machine",
@@ -121,8 +122,13 @@ def _status_of(vm: ET.Element) -> str | None:
     return value.strip().lower() if value and value.strip() else None
 
 
+# The engine does not know these VMs' real state (host unreachable, lost, locked):
+# never "off", and not "on" either: the caller fails instead of guessing.
+UNKNOWN_STATUSES = frozenset({"unknown", "not_responding", "unassigned"})
+
+
 def _power_state(status: str | None) -> str:
-    if status is None:
+    if status is None or status in UNKNOWN_STATUSES:
         return "unknown"
     return "off" if status == "down" else "on"
 
@@ -139,7 +145,10 @@ class Engine:
         path = "/" + (options.get("api_path") or DEFAULT_API_PATH).strip().strip("/")
         self.base = f"{scheme}://{host}:{options.ipport}{path.rstrip('/')}"
         read = options.number("shell_timeout")
-        self.timeout = (options.connect_timeout, float(read) if read else None)
+        # shell_timeout 0 (timeouts disabled under Pacemaker) must not mean "wait forever"
+        # for an answer: cap it as the connect timeout is capped
+        self.timeout = (options.connect_timeout,
+                        float(read) if read else float(CONNECT_TIMEOUT_CAP))
         self.session = requests.Session()
         self.verify = options.ssl_verify
         self.password = options.password or ""
