@@ -16,6 +16,7 @@ process share.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import signal
@@ -34,7 +35,7 @@ import pytest
 
 from guestfence.host.acl import AccessMap
 from guestfence.host.backends.libvirt import LibvirtBackend
-from guestfence.host.config import SerialListenerConfig
+from guestfence.host.config import Group, SerialListenerConfig
 from guestfence.host.listeners.serial import SerialListener
 from guestfence.host.server import FenceService
 from guestfence.lab.cfence import FENCE_VIRT, write_key
@@ -483,3 +484,144 @@ async def _vmchannel(tmp_path: Path) -> None:
         conn.close()
         for port in (channel, agent, serial):
             port.close()
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+class StallingBackend:
+    """A backend whose requests for ``slow`` block until released; others answer at once."""
+
+    name = "stalling"
+
+    def __init__(self, results: dict[str, int]) -> None:
+        self.results = results
+        self.calls: list[tuple[int, str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def lookup(self, target: str) -> object | None:
+        return None
+
+    def owns(self, target: str) -> bool:
+        return True
+
+    def execute(self, op: int, target: str) -> int:
+        self.calls.append((op, target))
+        if target == "slow":
+            self.entered.set()
+            self.release.wait(IO_TIMEOUT)
+        return self.results[target]
+
+    def host_list(self) -> list[HostRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_later_request_supersedes_the_older_ones_on_its_socket(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answers carry no seqno: a late answer to a request whose client gave up must not be
+    read by the next client as its own, and a superseded request not started yet must not
+    run at all."""
+    caplog.set_level(logging.INFO, logger="guestfenced")
+    asyncio.run(asyncio.wait_for(_supersede(tmp_path, caplog), 40))
+
+
+async def _supersede(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri = "test:///default"
+    port = FakeSerialPort(tmp_path / "g.sock")
+    conn = libvirt.open(uri)
+    dom = conn.defineXML(_domain_xml("gf-supersede", UUID1, port.path))
+    backend = StallingBackend({"slow": 0, "b": 1, "c": 2})
+    service = FenceService(backend, AccessMap(()), b"", HashType.NONE, HashType.NONE)
+    listener = SerialListener(SerialListenerConfig("", uri, None, "serial"), service)
+
+    def request_lines(seqno: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("request ") and f" seqno={seqno} " in r.getMessage()]
+
+    try:
+        dom.create()
+        await listener.start()
+        sock = await asyncio.to_thread(port.accept)
+        r1, r2 = request(Op.STATUS, "slow"), request(Op.OFF, "slow")
+        sock.sendall(r1.pack())  # its client will give up: the backend is stalled
+        assert await asyncio.to_thread(backend.entered.wait, IO_TIMEOUT)
+        sock.sendall(r2.pack())  # waits for the domain's lock, behind r1
+        # the third client gets its own answer, not r1's 0 nor r2's
+        assert await asyncio.to_thread(ask, sock, request(Op.STATUS, "c")) == 2
+        backend.release.set()
+        for r in (r1, r2):
+            while not request_lines(r.seqno):
+                await asyncio.sleep(0.02)
+        assert "outcome=disconnected" in request_lines(r1.seqno)[0]  # ran, answer withheld
+        assert "outcome=abandoned" in request_lines(r2.seqno)[0]  # never ran
+        assert (Op.OFF, "slow") not in backend.calls
+        superseded = [r.getMessage() for r in caplog.records
+                      if "outcome=superseded" in r.getMessage()]
+        assert [f"seqno={r1.seqno} " in m for m in superseded] == [True, False]
+        assert f"seqno={r2.seqno} " in superseded[1]
+        # nothing of r1 nor r2 came after: the next answer read is the next request's
+        assert await asyncio.to_thread(ask, sock, request(Op.STATUS, "b")) == 1
+    finally:
+        backend.release.set()
+        await listener.stop()
+        await service.drain()
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+        conn.close()
+        port.close()
+
+
+def test_a_socket_path_named_by_two_running_domains_is_served_for_neither(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clone that kept the original's socket path: whoever writes there cannot be told,
+    so nobody is served (the requester UUID feeds the ACL) until one of them stops."""
+    caplog.set_level(logging.INFO, logger="guestfenced")
+    asyncio.run(asyncio.wait_for(_same_path(tmp_path, caplog), 40))
+
+
+async def _same_path(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri = "test:///default"
+    port = FakeSerialPort(tmp_path / "shared.sock")
+    conn = libvirt.open(uri)
+    doms = [conn.defineXML(_domain_xml(name, uuid, port.path))
+            for name, uuid in (("gf-original", UUID1), ("gf-clone", UUID2))]
+    backend = StallingBackend({"gf-original": 0})
+    access = AccessMap([Group("g", (), (UUID1, "gf-original"))])
+    service = FenceService(backend, access, b"", HashType.NONE, HashType.NONE)
+    listener = SerialListener(SerialListenerConfig("", uri, None, "serial"), service)
+    try:
+        for dom in doms:
+            dom.create()
+        await listener.start()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1
+        assert str(port.path) in errors[0]
+        assert "gf-original" in errors[0] and "gf-clone" in errors[0]
+        with pytest.raises(TimeoutError):  # no connection: no request is read, none answered
+            port.accept(timeout=1.5)
+        # the clone stops: the path is the original's again
+        doms[1].destroy()
+        sock = await asyncio.to_thread(port.accept)
+        assert await asyncio.to_thread(ask, sock, request(Op.OFF, "gf-original")) == 0
+        assert backend.calls == [(Op.OFF, "gf-original")]
+        while not any(f"requester={UUID1} target=gf-original action=off" in r.getMessage()
+                      for r in caplog.records):  # logged just after the answer
+            await asyncio.sleep(0.02)
+        assert any("no longer named by several running domains" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        await listener.stop()
+        await service.drain()
+        for dom in doms:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        conn.close()
+        port.close()

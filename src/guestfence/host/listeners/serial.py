@@ -13,6 +13,15 @@ a request are skipped, and a request not completed within 1 s is dropped, so a
 guest sending garbage only resynchronises itself. Each socket is read by its
 own task and each request is served as its own task (at most a few per
 socket), so a flooding guest cannot delay the others.
+
+Answers carry no seqno: the guest's client takes the next answer on the line as
+its own. So once a request arrives on a socket, every older request still in
+flight there is superseded (its client gave up): it is not executed if it has
+not started yet, and its answer is never written, even if it was executed.
+
+A socket path named by more than one running domain (a clone that kept the
+path) cannot tell who writes into it: it is served for none of them, with an
+error in the log, until only one running domain names it.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ import contextlib
 import logging
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 
 from guestfence.errors import ProtocolError
 from guestfence.host.config import SerialListenerConfig
-from guestfence.host.history import request_key
+from guestfence.host.history import RequestKey, request_key
 from guestfence.host.libvirt_events import DomainWatcher, RunningDomain
 from guestfence.host.server import WRITE_TIMEOUT, FenceService, Request, printable
 from guestfence.virt.wire import (
@@ -141,6 +151,33 @@ class _SerialStream:
         return self.reader.at_eof() or self.writer.is_closing()
 
 
+class _Superseded(ConnectionError):
+    """The answer of a superseded request, which must not be written."""
+
+
+class _RequestStream:
+    """One request's view of its socket. Once superseded, its answer is withheld and it
+    counts as abandoned (``peer_gone``), so FenceService does not execute it if it has
+    not started yet."""
+
+    def __init__(self, stream: _SerialStream, request: Request) -> None:
+        self.stream = stream
+        self.request = request
+        self.superseded_by: int | None = None  # seqno of the request that superseded it
+
+    async def read_exactly(self, n: int, timeout: float) -> bytes:
+        return await self.stream.read_exactly(n, timeout)
+
+    async def write(self, data: bytes) -> None:
+        # No await before the socket write: nothing can supersede in between.
+        if self.superseded_by is not None:
+            raise _Superseded(f"superseded by seqno {self.superseded_by}; answer withheld")
+        await self.stream.write(data)
+
+    def peer_gone(self) -> bool:
+        return self.superseded_by is not None or self.stream.peer_gone()
+
+
 class SerialListener:
     kind = "serial"
 
@@ -149,6 +186,7 @@ class SerialListener:
         self.service = service
         self.device = "serial" if config.mode == "serial" else "channel"
         self._channels: dict[str, tuple[RunningDomain, asyncio.Task[None]]] = {}
+        self._conflicts: dict[str, frozenset[str]] = {}  # path -> UUIDs of the claimants
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._watcher: DomainWatcher | None = None
@@ -194,7 +232,7 @@ class SerialListener:
 
     async def _rescan(self) -> None:
         assert self._watcher is not None
-        wanted: dict[str, RunningDomain] = {}
+        claims: dict[str, dict[str, RunningDomain]] = {}  # path -> UUID -> domain
         for dom in await asyncio.to_thread(self._watcher.running_domains):
             try:
                 paths = dom.unix_sockets(self.device, self.config.path)
@@ -202,17 +240,41 @@ class SerialListener:
                 log.error("serial listener: cannot parse the XML of domain %s: %s", dom.name, e)
                 continue
             for path in paths:
-                wanted.setdefault(path, dom)
+                claims.setdefault(path, {}).setdefault(dom.uuid.lower(), dom)
+        wanted = {path: next(iter(doms.values()))
+                  for path, doms in claims.items() if len(doms) == 1}
+        self._report_conflicts({path: list(doms.values())
+                                for path, doms in claims.items() if len(doms) > 1})
         for path, (dom, task) in list(self._channels.items()):
-            if path not in wanted or wanted[path].uuid != dom.uuid:
+            if path in self._conflicts:
+                log.info("serial: leaving %s of domain %s: another domain names it", path,
+                         dom.name)
+            elif path not in wanted or wanted[path].uuid != dom.uuid:
                 log.info("serial: domain %s (%s) stopped; leaving %s", dom.name, dom.uuid, path)
-                del self._channels[path]
-                task.cancel()
+            else:
+                continue
+            del self._channels[path]
+            task.cancel()
         for path, dom in wanted.items():
             if path not in self._channels:
                 task = asyncio.create_task(self._channel(path, dom))
                 self._track(task)
                 self._channels[path] = (dom, task)
+
+    def _report_conflicts(self, conflicts: dict[str, list[RunningDomain]]) -> None:
+        """Log each path claimed by several running domains when the claim starts or changes,
+        and when it ends; such a path is served for none of them, as the requester (whose
+        UUID the ACL, the history and the log rely on) is unknown."""
+        current = {path: frozenset(d.uuid.lower() for d in doms)
+                   for path, doms in conflicts.items()}
+        for path, doms in conflicts.items():
+            if self._conflicts.get(path) != current[path]:
+                log.error("serial: %s is named by %d running domains (%s); serving it for "
+                          "none of them until only one does", path, len(doms),
+                          ", ".join(f"{d.name} ({d.uuid})" for d in doms))
+        for path in self._conflicts.keys() - current.keys():
+            log.info("serial: %s is no longer named by several running domains", path)
+        self._conflicts = current
 
     # ------------------------------------------------------------------ sockets
 
@@ -245,7 +307,7 @@ class SerialListener:
     ) -> None:
         stream = _SerialStream(reader, writer)
         framer = RequestFramer()
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: dict[asyncio.Task[None], _RequestStream] = {}  # in arrival order
         in_garbage = False
         try:
             while True:
@@ -269,31 +331,58 @@ class SerialListener:
                     in_garbage = True
                 for sreq in requests:
                     in_garbage = False
-                    while len(in_flight) >= IN_FLIGHT_PER_SOCKET:  # back-pressure, this guest only
-                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    task = self._dispatch(dom, stream, sreq)
-                    if task is not None:
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
+                    key = self._begin(dom, sreq)
+                    if key is None:
+                        continue
+                    try:
+                        # before any await: no older answer may reach this request's client
+                        self._supersede(dom, in_flight.values(), sreq.seqno)
+                        while len(in_flight) >= IN_FLIGHT_PER_SOCKET:  # back-pressure, this guest
+                            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        self.service.history.finish(key, time.monotonic(), served=False)
+                        raise
+                    request = Request(self.kind, dom.uuid, sreq.op, sreq.domain, sreq.seqno)
+                    per_request = _RequestStream(stream, request)
+                    task = self._dispatch(per_request, key)
+                    in_flight[task] = per_request
+                    task.add_done_callback(lambda done: in_flight.pop(done, None))
         finally:
             if in_flight:
                 await asyncio.wait(in_flight, timeout=ANSWER_GRACE)
             writer.close()
 
-    def _dispatch(
-        self, dom: RunningDomain, stream: _SerialStream, sreq: SerialRequest
-    ) -> asyncio.Task[None] | None:
+    def _begin(self, dom: RunningDomain, sreq: SerialRequest) -> RequestKey | None:
+        """The request's history key, now in flight; None for a duplicate, which is dropped
+        (and supersedes nothing: its original's client still waits for the answer)."""
         svc = self.service
         # The C key is (op, seqno, domain); adding the requester keeps one guest from
         # suppressing another guest's requests by sending their likely seqnos first.
         key = request_key(sreq.op, sreq.seqno, f"{dom.uuid}/{sreq.domain}")
-        if not svc.history.begin(key, time.monotonic()):
-            svc.metrics["duplicates"] += 1
-            log.debug("duplicate of seqno %d for %s from domain %s dropped", sreq.seqno,
-                      printable(sreq.domain), dom.name)
-            return None
-        request = Request(self.kind, dom.uuid, sreq.op, sreq.domain, sreq.seqno)
-        task = asyncio.ensure_future(
-            svc.serve(request, stream, key, authenticate=False, framing=SERIAL_FRAMING))
-        svc.spawn(task)
+        if svc.history.begin(key, time.monotonic()):
+            return key
+        svc.metrics["duplicates"] += 1
+        log.debug("duplicate of seqno %d for %s from domain %s dropped", sreq.seqno,
+                  printable(sreq.domain), dom.name)
+        return None
+
+    def _supersede(
+        self, dom: RunningDomain, older: Iterable[_RequestStream], seqno: int
+    ) -> None:
+        """A request arrived: the older ones still in flight on its socket lose their answer."""
+        for pending in older:
+            if pending.superseded_by is not None:
+                continue
+            pending.superseded_by = seqno
+            self.service.metrics["serial_superseded"] += 1
+            req = pending.request
+            log.warning("serial: request listener=%s requester=%s target=%s action=%s seqno=%d "
+                        "outcome=superseded detail='by seqno %d from domain %s; not executed "
+                        "if not started, answer withheld'", req.listener, req.requester,
+                        printable(req.target) or "-", req.action, req.seqno, seqno, dom.name)
+
+    def _dispatch(self, stream: _RequestStream, key: RequestKey) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self.service.serve(
+            stream.request, stream, key, authenticate=False, framing=SERIAL_FRAMING))
+        self.service.spawn(task)
         return task
