@@ -7,13 +7,17 @@ named DC0_H0_VM0. Each test uses its own VMs, so their order does not matter.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import pytest
 
+from guestfence.agent.power import run_agent
+from guestfence.agents.vmware import vim  # pyVmomi's vim, typed Any
 from guestfence.lab.ourdaemon import venv_tool
 from guestfence.lab.vcsim import VcSim, missing_tools
 
@@ -74,7 +78,8 @@ def test_status_off_on_reboot(sim: VcSim, vm_name: str, form: str) -> None:
     assert (code, out) == (0, "Success: Powered OFF\n"), err
     assert sim.power_state(vm.uuid) == "poweredOff"
     assert agent(sim, "status", plug)[:2] == (2, "Status: OFF\n")
-    assert agent(sim, "off", plug)[:2] == (0, "Success: Already OFF\n")
+    # force_off: a second off checks poweredOff and does nothing, but says Powered OFF
+    assert agent(sim, "off", plug)[:2] == (0, "Success: Powered OFF\n")
     code, out, err = agent(sim, "on", plug)
     assert (code, out) == (0, "Success: Powered ON\n"), err
     assert sim.power_state(vm.uuid) == "poweredOn"
@@ -91,14 +96,141 @@ def test_command_line_like_a_human(sim: VcSim) -> None:
     assert (done.returncode, done.stdout) == (0, "Status: ON\n"), done.stderr
 
 
-def test_suspended_counts_as_off(sim: VcSim) -> None:
+def test_suspended_counts_as_off_but_off_really_powers_it_off(sim: VcSim) -> None:
     vm = sim.vm("DC0_C0_RP0_VM1")
     sim.set_power(vm.uuid, "suspended")
     assert agent(sim, "status", vm.name)[:2] == (2, "Status: OFF\n")
-    assert agent(sim, "off", vm.name)[:2] == (0, "Success: Already OFF\n")
+    # a suspended VM would resume with its memory: off discards the saved state
+    code, out, err = agent(sim, "off", vm.name, verbose="1")
+    assert (code, out) == (0, "Success: Powered OFF\n"), err
+    assert "is suspended: powering it off" in err
+    assert sim.power_state(vm.uuid) == "poweredOff"
+    assert agent(sim, "off", vm.name)[:2] == (0, "Success: Powered OFF\n")  # no-op, no error
+    assert sim.power_state(vm.uuid) == "poweredOff"
     code, out, err = agent(sim, "on", vm.name)
     assert (code, out) == (0, "Success: Powered ON\n"), err
     assert sim.power_state(vm.uuid) == "poweredOn"
+
+
+@pytest.mark.parametrize("form", ["name", "uuid"])
+def test_reboot_of_suspended_vm_powers_off_then_on(sim: VcSim, form: str) -> None:
+    vm = sim.vm({"name": "DC0_C0_RP0_VM2", "uuid": "DC0_C0_RP0_VM3"}[form])
+    sim.set_power(vm.uuid, "suspended")
+    code, out, err = agent(sim, "reboot", vm.name if form == "name" else vm.uuid, verbose="1")
+    assert (code, out) == (0, "Success: Rebooted\n"), err
+    # powered off (saved state discarded), not merely resumed by the power on
+    assert "is suspended: powering it off" in err
+    assert "Timed out" not in err
+    assert sim.power_state(vm.uuid) == "poweredOn"
+
+
+def test_reboot_of_suspended_vm_passes_through_powered_off(sim: VcSim) -> None:
+    """The state sequence seen by the simulator: suspended, then poweredOff, then on."""
+    from guestfence.agents import vmware
+
+    vm = sim.vm("DC0_C0_RP0_VM4")
+    sim.set_power(vm.uuid, "suspended")
+    seen: list[tuple[str, str]] = []
+    original = vmware.VSphere.set_power
+
+    def spy(self: vmware.VSphere, plug: str, state: Literal["on", "off"]) -> None:
+        before = sim.power_state(vm.uuid)
+        original(self, plug, state)
+        seen.append((state, f"{before}->{sim.power_state(vm.uuid)}"))
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vmware.VSphere, "set_power", spy)
+        code = run_agent(vmware.SPEC, vmware.make_device, argv=[],
+                         stdin=io.StringIO(sim.agent_stdin(action="reboot", plug=vm.name)),
+                         stdout=out, stderr=err, environ={})
+    assert (code, out.getvalue()) == (0, "Success: Rebooted\n"), err.getvalue()
+    assert seen == [("off", "suspended->poweredOff"), ("on", "poweredOff->poweredOn")]
+
+
+class _FakeIndex:
+    """SearchIndex whose FindAllByUuid answers ``vms`` for the BIOS UUID search."""
+
+    def __init__(self, real: Any, bios: list[Any], instance: list[Any]) -> None:
+        self.real, self.bios, self.instance = real, bios, instance
+
+    def FindAllByUuid(self, uuid: str, vmSearch: bool, instanceUuid: bool) -> list[Any]:
+        assert vmSearch is True
+        return self.instance if instanceUuid else self.bios
+
+    def FindByUuid(self, **kw: Any) -> Any:
+        raise AssertionError("FindByUuid used although FindAllByUuid exists")
+
+
+class _Content:
+    """The real ServiceContent, with another searchIndex."""
+
+    def __init__(self, real: Any, index: Any) -> None:
+        self._real, self.searchIndex = real, index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _run_with_index(sim: VcSim, action: str, plug: str,
+                    pick: Callable[[Any], tuple[list[Any], list[Any]]]) -> tuple[int, str, str]:
+    """run_agent in process, its SearchIndex.FindAllByUuid faked (vcsim 0.24 lacks it)."""
+    from guestfence.agents import vmware
+
+    def make(options: Any) -> vmware.VSphere:
+        device = vmware.VSphere(options)
+        bios, instance = pick(device.content)
+        device.content = _Content(device.content,
+                                  _FakeIndex(device.content.searchIndex, bios, instance))
+        return device
+
+    out, err = io.StringIO(), io.StringIO()
+    code = run_agent(vmware.SPEC, make, argv=[],
+                     stdin=io.StringIO(sim.agent_stdin(action=action, plug=plug)),
+                     stdout=out, stderr=err, environ={})
+    return code, out.getvalue(), err.getvalue()
+
+
+def _sim_vm(content: Any, path: str) -> Any:
+    return content.searchIndex.FindByInventoryPath(inventoryPath=path.lstrip("/"))
+
+
+def test_uuid_shared_by_two_vms_is_refused_naming_them(sim: VcSim) -> None:
+    a, b = sim.vm("DC0_C0_RP0_VM0"), sim.vm(f"/DC0/vm/dup/{DUP}")
+    before = (sim.power_state(a.uuid), sim.power_state(b.uuid))
+    code, out, err = _run_with_index(
+        sim, "off", a.uuid, lambda c: ([_sim_vm(c, a.path), _sim_vm(c, b.path)], []))
+    assert code == 1 and out == "", err
+    assert f"2 VMs have the UUID '{a.uuid}'" in err
+    assert f"'{a.name} at {a.path}'" in err and f"'{b.name} at {b.path}'" in err
+    assert (sim.power_state(a.uuid), sim.power_state(b.uuid)) == before
+    # a BIOS UUID of one VM that is the instance UUID of another is as ambiguous
+    code, out, err = _run_with_index(
+        sim, "status", a.uuid, lambda c: ([_sim_vm(c, a.path)], [_sim_vm(c, b.path)]))
+    assert code == 1 and "2 VMs have the UUID" in err
+    # the same VM found twice is one VM
+    code, out, err = _run_with_index(
+        sim, "status", a.uuid, lambda c: ([_sim_vm(c, a.path)], [_sim_vm(c, a.path)]))
+    assert (code, out) == (0, "Status: ON\n"), err
+    assert _run_with_index(sim, "status", a.uuid, lambda c: ([], []))[0] == 1
+
+
+def test_list_with_a_shared_bios_uuid_lists_by_name(sim: VcSim) -> None:
+    a, b = sim.vm("DC0_H0_VM1"), sim.vm("DC0_H0_VM2")
+    with sim.session() as content:
+        vm_b = _sim_vm(content, b.path)
+        sim._wait(vm_b.ReconfigVM_Task(vim.vm.ConfigSpec(uuid=a.uuid)))
+    try:
+        code, out, err = agent(sim, "list")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert f"{a.name}," in lines and f"{b.name}," in lines  # both, by name only
+        assert not any(line.endswith(a.uuid) for line in lines)
+        assert f"BIOS UUID {a.uuid} is used by 2 VMs" in err
+    finally:
+        with sim.session() as content:
+            sim._wait(_sim_vm(content, b.path).ReconfigVM_Task(vim.vm.ConfigSpec(uuid=b.uuid)))
+    assert sim.vm(b.name).uuid == b.uuid
 
 
 def test_duplicate_name_is_refused_naming_the_uuids(sim: VcSim) -> None:

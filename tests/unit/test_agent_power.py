@@ -237,6 +237,13 @@ def test_reboot_of_an_off_plug_only_powers_on() -> None:
     assert run.device.sets() == [("set", "vm1", "on")]
 
 
+def test_force_off_reboot_powers_off_even_when_status_says_off() -> None:
+    spec = AgentSpec("fence_forced", "Force-off agent", has_plug=True, force_off=True)
+    run = Run(spec, ["-o", "reboot", "-n", "vm1"], states={"vm1": "off"})
+    assert (run.out, run.code) == ("Success: Rebooted\n", 0)
+    assert run.device.sets() == [("set", "vm1", "off"), ("set", "vm1", "on")]
+
+
 @pytest.mark.parametrize("action", ["off", "reboot"])
 def test_never_off_fails_and_never_powers_on(action: str) -> None:
     run = full("-o", action, "-n", "vm1", never=["off"])

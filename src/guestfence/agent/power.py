@@ -189,7 +189,9 @@ class PowerDriver:
     def reboot(self, states: dict[str, str]) -> int:
         if self.options.get("method") == "cycle":
             return self.cycle()
-        if not all(s == "off" for s in states.values()) and not self.power("off", attempts=1):
+        # force_off: "off" in status is not proof of off (e.g. a suspended VM): switch anyway
+        already_off = all(s == "off" for s in states.values()) and not self.spec.force_off
+        if not already_off and not self.power("off", attempts=1):
             raise AgentFailure(EC_WAITING_OFF)  # "on" is never attempted
         # The node is fenced once off is verified; the on phase is best effort (§1.7).
         # It gets retry_on attempts (at least one), like fence-agents: a second full

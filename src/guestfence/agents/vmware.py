@@ -5,13 +5,19 @@ fence_vmware_soap (spec §3), built on pyVmomi instead of suds. What differs,
 on purpose:
 
 * The target is found without downloading the inventory (spec §6.9): a UUID
-  plug goes to ``SearchIndex.FindByUuid`` (BIOS UUID, then instance UUID), a
+  plug goes to ``SearchIndex.FindAllByUuid`` (BIOS and instance UUIDs; two or
+  more VMs with that UUID are an error naming them, where upstream took one of
+  them arbitrarily), a
   plug starting with ``/`` to ``SearchIndex.FindByInventoryPath``; only a plain
   name needs a scan, and that scan retrieves the ``name`` property alone. A
   name used by two VMs is an error naming their UUIDs (upstream silently took
   the last one seen).
 * ``status`` reads one property, ``runtime.powerState``, of one VM.
   ``poweredOn`` is on; ``poweredOff`` and ``suspended`` are off, as upstream.
+* ``off`` and ``reboot`` power a suspended VM off for real (``force_off``):
+  upstream said "Already OFF", and its reboot only powered on, which resumed
+  the VM with its pre-fence memory. Once an off was sent, only ``poweredOff``
+  counts as off, so the verification never accepts ``suspended``.
 * ``on``/``off`` start the (hard) power task, wait for it, and report a
   permission fault as such; the framework then verifies the power state.
 * TLS is the default and the certificate is verified (system trust store);
@@ -89,9 +95,12 @@ SPEC = AgentSpec(
     passwd=True,
     ssl=True,
     has_plug=True,
+    plugs_are_names=True,
     has_list=True,
     plug_desc="VM name, BIOS UUID or inventory path (starting with /) of the machine",
     validate=_check,
+    # status says OFF for a suspended VM, but off/reboot must really power it off
+    force_off=True,
 )
 
 _POWER_STATES = {"poweredOn": "on", "poweredOff": "off", "suspended": "off"}
@@ -115,6 +124,7 @@ class VSphere:
         scheme = "http" if "plain_http" in options else "https"
         self.url = f"{scheme}://{options.ipaddr}:{self.port}/sdk"
         self._vms: dict[str, Any] = {}  # plug -> vim.VirtualMachine
+        self._off_sent: set[str] = set()  # plugs set_power(off) was called for
         self._logged_in = False
         context: ssl.SSLContext | None = None
         if scheme == "https":
@@ -244,13 +254,16 @@ class VSphere:
         index = self.content.searchIndex
         uuid = self.options.uuid_of(plug)
         if uuid is not None:
-            vm = index.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=False)
-            if vm is None:
-                vm = index.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
-            if vm is None:
+            found = self._by_uuid(uuid)
+            if not found:
                 raise self._not_found(plug, "UUID")
-            log.debug("VM %s is %s", plug, vm)
-            return vm
+            if len(found) > 1:
+                where = ", ".join(f"'{self._describe(vm)}'" for vm in found)
+                raise AgentFailure(f"Failed: {len(found)} VMs have the UUID '{plug}' ({where}): "
+                                   "give the VMs distinct UUIDs, or use the inventory path as "
+                                   "plug")
+            log.debug("VM %s is %s", plug, found[0])
+            return found[0]
         if plug.startswith("/"):
             found = index.FindByInventoryPath(inventoryPath=plug.lstrip("/"))
             if found is None:
@@ -273,6 +286,44 @@ class VSphere:
                                "as plug")
         return matches[0]
 
+    def _by_uuid(self, uuid: str) -> list[Any]:
+        """Every distinct VM whose BIOS or instance UUID is uuid."""
+        index = self.content.searchIndex
+        found: dict[str, Any] = {}
+        for instance in (False, True):
+            try:
+                vms = list(index.FindAllByUuid(uuid=uuid, vmSearch=True,
+                                               instanceUuid=instance) or ())
+            except vmodl.fault.MethodNotFound:
+                # Not implemented by some servers (govmomi's vcsim 0.24): FindByUuid
+                # returns one VM only, so a duplicate UUID cannot be detected there.
+                log.debug("FindAllByUuid not implemented: FindByUuid used, duplicate "
+                          "UUIDs go undetected")
+                vm = index.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=instance)
+                vms = [] if vm is None else [vm]
+            for vm in vms:
+                found.setdefault(str(vm._moId), vm)
+        return list(found.values())
+
+    def _describe(self, vm: Any) -> str:
+        """'name' at its inventory path, for error messages (best effort)."""
+        names: list[str] = []
+        obj, root = vm, self.content.rootFolder
+        try:
+            for _ in range(64):  # the inventory is a tree, but be safe
+                if obj is None or obj == root:
+                    break
+                props = self._read(obj, ["name", "parent"])
+                names.append(vm_name(str(props.get("name", "?"))))
+                parent = props.get("parent")
+                if parent is None and isinstance(obj, vim.VirtualMachine):
+                    parent = self._read(obj, ["parentVApp"]).get("parentVApp")
+                obj = parent
+        except Exception as e:  # a message must not fail on a detail
+            log.debug("cannot build the inventory path of %s: %s", vm, e)
+            return f"{names[0] if names else vm} ({vm})"
+        return f"{names[0]} at /{'/'.join(reversed(names))}"
+
     # -- PowerDevice ----------------------------------------------------------------
 
     def status(self, plug: str) -> str:
@@ -280,11 +331,24 @@ class VSphere:
         with self._remote(f"read the power state of '{plug}'"):
             state = self._read(vm, ["runtime.powerState"]).get("runtime.powerState")
         log.debug("VM %s: %s", plug, state)
+        if plug in self._off_sent and str(state) == "suspended":
+            # after an off, only poweredOff is off: a suspended VM resumes on power on
+            return "not off yet"  # neither on nor off: the framework keeps polling
         return _POWER_STATES.get(str(state), "unknown")
 
     def set_power(self, plug: str, state: State) -> None:
         vm = self.vm(plug)
         what = f"power {state} VM '{plug}'"
+        if state == "off":
+            self._off_sent.add(plug)
+            with self._remote(f"read the power state of '{plug}'"):
+                current = self._read(vm, ["runtime.powerState"]).get("runtime.powerState")
+            if str(current) == "poweredOff":
+                log.debug("%s: already poweredOff", what)
+                return
+            if str(current) == "suspended":
+                log.info("VM '%s' is suspended: powering it off (its saved state is "
+                         "discarded)", plug)
         try:
             with self._remote(what):
                 task = vm.PowerOnVM_Task() if state == "on" else vm.PowerOffVM_Task()
@@ -327,20 +391,29 @@ class VSphere:
         with self._remote("list the VMs"):
             vms = [props for _, props in self._all_vms(paths)]
         names = [vm_name(str(p.get("name", ""))) for p in vms]
+        uuids = [str(p.get("config.uuid") or "").lower() for p in vms]
         rows: dict[str, tuple[str, str]] = {}
         warned: set[str] = set()
-        for name, props in zip(names, vms, strict=True):
+        for name, uuid_key, props in zip(names, uuids, vms, strict=True):
             uuid = str(props.get("config.uuid") or "")
             state = _POWER_STATES.get(str(props.get("runtime.powerState")), "unknown")
+            shared_uuid = bool(uuid_key) and uuids.count(uuid_key) > 1
+            if shared_uuid and uuid_key not in warned:
+                warned.add(uuid_key)
+                log.warning("BIOS UUID %s is used by %d VMs: they are listed by name only",
+                            uuid, uuids.count(uuid_key))
             if names.count(name) > 1:
                 if name not in warned:
                     warned.add(name)
                     log.warning("VM name '%s' is used by %d VMs: listed by UUID only",
                                 name, names.count(name))
-                if uuid:
+                if shared_uuid or not uuid:
+                    log.warning("a VM named '%s' has a UUID shared with another VM or none: "
+                                "not listed (use its inventory path as plug)", name)
+                else:
                     rows[uuid] = ("", state)
             else:
-                rows[name] = (uuid, state)
+                rows[name] = ("" if shared_uuid else uuid, state)
         return rows
 
     def list(self) -> dict[str, str]:
