@@ -12,7 +12,9 @@ on purpose:
   name needs a scan, and that scan retrieves the ``name`` property alone. A
   name used by two VMs is an error naming their UUIDs (upstream silently took
   the last one seen).
-* ``status`` reads one property, ``runtime.powerState``, of one VM.
+* ``status`` reads two properties of one VM, ``runtime.powerState`` and
+  ``runtime.connectionState`` (a VM vCenter is not connected to has no
+  trustworthy power state: unknown, so the action fails).
   ``poweredOn`` is on; ``poweredOff`` and ``suspended`` are off, as upstream.
 * ``off`` and ``reboot`` power a suspended VM off for real (``force_off``):
   upstream said "Already OFF", and its reboot only powered on, which resumed
@@ -329,8 +331,15 @@ class VSphere:
     def status(self, plug: str) -> str:
         vm = self.vm(plug)
         with self._remote(f"read the power state of '{plug}'"):
-            state = self._read(vm, ["runtime.powerState"]).get("runtime.powerState")
-        log.debug("VM %s: %s", plug, state)
+            props = self._read(vm, ["runtime.powerState", "runtime.connectionState"])
+        state = props.get("runtime.powerState")
+        connection = props.get("runtime.connectionState")
+        log.debug("VM %s: %s (%s)", plug, state, connection)
+        if connection is not None and str(connection) != "connected":
+            # disconnected, orphaned, inaccessible: vCenter only remembers the last
+            # power state, which may be stale (the host may have restarted the VM)
+            log.warning("VM %s is %s in vCenter: its power state is unknown", plug, connection)
+            return "unknown"
         if plug in self._off_sent and str(state) == "suspended":
             # after an off, only poweredOff is off: a suspended VM resumes on power on
             return "not off yet"  # neither on nor off: the framework keeps polling
