@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from guestfence.errors import AuthError, BackendError, GuestfenceError, ProtocolError
+from guestfence.errors import AuthError, GuestfenceError, ProtocolError
 from guestfence.host.acl import AccessMap
 from guestfence.host.history import History, RequestKey
 from guestfence.host.keyedlock import KeyedLocks
@@ -59,6 +59,7 @@ class Request:
     target: str
     seqno: int
     started: float = field(default_factory=time.monotonic)
+    lock_key: str | None = None  # the domain's UUID, when the listener resolved it already
 
     @property
     def action(self) -> str:
@@ -188,12 +189,20 @@ class FenceService:
         uuid = getattr(info, "uuid", None)
         return str(uuid).lower() if uuid else target.lower()
 
-    async def owns(self, target: str) -> bool:
+    async def owned_key(self, target: str) -> str | None:
+        """The domain's lock key if this host answers for ``target``, else None.
+
+        One worker-thread trip for both questions: the multicast path asks it for
+        every request, before the call-back."""
+
+        def both() -> str | None:
+            return self._lock_key(target) if self.backend.owns(target) else None
+
         try:
-            return await asyncio.to_thread(self.backend.owns, target)
-        except BackendError as e:
-            log.error("backend lookup of %r failed: %s", target, e)
-            return False
+            return await asyncio.to_thread(both)
+        except GuestfenceError as e:
+            log.error("backend lookup of %r failed: %s", printable(target), e)
+            return None
 
     # ---------------------------------------------------------------- the exchange
 
@@ -258,7 +267,10 @@ class FenceService:
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
             return Result.PERM, framing.result(Result.PERM)
         # one lock per domain, whatever the request calls it (name or UUID)
-        async with self._locks.hold(await asyncio.to_thread(self._lock_key, req.target)):
+        key = req.lock_key
+        if key is None:
+            key = await asyncio.to_thread(self._lock_key, req.target)
+        async with self._locks.hold(key):
             await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
             if stream.peer_gone():
                 return None, b""

@@ -133,13 +133,15 @@ class MulticastListener:
         svc = self.service
         requester = str(req.address)
         target = printable(req.domain)
-        if req.op in OWNED_OPS and not await svc.owns(req.domain):
+        lock_key = await svc.owned_key(req.domain) if req.op in OWNED_OPS else None
+        if req.op in OWNED_OPS and lock_key is None:
             svc.history.finish(key, time.monotonic(), served=False)
             svc.metrics["not_mine"] += 1
             log.debug("request for %s from %s: not a domain of this host; staying silent",
                       target, requester)
             return
-        request = Request(self.kind, requester, req.op, req.domain, req.seqno)
+        request = Request(self.kind, requester, req.op, req.domain, req.seqno,
+                          lock_key=lock_key)
         assert req.address is not None
         if time.monotonic() - received > MAX_CALLBACK_DELAY:
             svc.history.finish(key, time.monotonic(), served=False)
