@@ -8,6 +8,7 @@ against the other unchanged.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,51 @@ class LabIscsiTarget(StartStop):
             raise ValueError(f"LUN {lun} out of range 0..{self.luns}")
         cred = f"{user}%{password}@" if user is not None else ""
         return f"iscsi://{cred}{self.portal}/{self.iqn}/{lun}"
+
+    # -- what a subclass provides ------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def _stop_process(self, *, hard: bool = False) -> int | None:
+        raise NotImplementedError
+
+    def _lun_leftovers(self, lun_file: Path) -> list[Path]:
+        """Files to remove with a LUN file (ours keeps the PR state beside it)."""
+        return [lun_file]
+
+    def _scratch_files(self) -> list[Path]:
+        """Files to remove from a workdir the caller gave (ours is removed whole)."""
+        return [self.log_path]
+
+    # -- shared ------------------------------------------------------------------------
+
+    def stop(self) -> int | None:
+        """Stop the target and remove the LUN files (and the scratch dir if ours); idempotent."""
+        try:
+            return self._stop_process()
+        finally:
+            for lun_file in self._files:
+                for path in self._lun_leftovers(lun_file):
+                    path.unlink(missing_ok=True)
+            self._files.clear()
+            if self.workdir is not None:
+                if self._own_workdir:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+                else:
+                    for path in self._scratch_files():
+                        path.unlink(missing_ok=True)
+            self.workdir = None
+            self._own_workdir = False
+            if self._auto_port:
+                self.port = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (FileNotFoundError, LabError):
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])

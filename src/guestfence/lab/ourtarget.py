@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +64,12 @@ class OurTarget(LabIscsiTarget):
     @property
     def log_path(self) -> Path:
         return self._dir() / "target.log"
+
+    def _lun_leftovers(self, lun_file: Path) -> list[Path]:
+        return [lun_file, lun_file.with_name(lun_file.name + ".pr")]  # the PR state file
+
+    def _scratch_files(self) -> list[Path]:
+        return [self.log_path, self.ready_path]
 
     @property
     def ready_path(self) -> Path:
@@ -154,34 +159,3 @@ class OurTarget(LabIscsiTarget):
             self.stop()
             raise
         return self
-
-    def stop(self) -> int | None:
-        """Stop the target and remove the LUN files (and the scratch dir if ours); idempotent."""
-        try:
-            return self._stop_process()
-        finally:
-            for path in self._files:
-                path.unlink(missing_ok=True)
-                path.with_name(path.name + ".pr").unlink(missing_ok=True)
-            self._files.clear()
-            if self.workdir is not None:
-                if self._own_workdir:
-                    shutil.rmtree(self.workdir, ignore_errors=True)
-                else:
-                    self.log_path.unlink(missing_ok=True)
-                    self.ready_path.unlink(missing_ok=True)
-            self.workdir = None
-            self._own_workdir = False
-            if self._auto_port:
-                self.port = None
-
-    # -- logs ------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (FileNotFoundError, LabError):
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -287,7 +286,7 @@ class TgtTarget(LabIscsiTarget):
                 )
             time.sleep(_POLL)
 
-    def _stop_daemon(self, *, hard: bool = False, timeout: float = STOP_TIMEOUT) -> int | None:
+    def _stop_process(self, *, hard: bool = False, timeout: float = STOP_TIMEOUT) -> int | None:
         proc, self._proc = self._proc, None
         if proc is None:
             return None
@@ -321,39 +320,10 @@ class TgtTarget(LabIscsiTarget):
         """Stop tgtd (SIGKILL if ``hard``) and start a fresh one: same portal, IQN, LUN files."""
         if self.workdir is None:
             raise LabError("tgt target not started")
-        self._stop_daemon(hard=hard)
+        self._stop_process(hard=hard)
         try:
             self._start_daemon()
         except BaseException:
             self.stop()
             raise
         return self
-
-    def stop(self) -> int | None:
-        """Stop tgtd and remove the LUN files (and the scratch dir if ours); idempotent."""
-        try:
-            return self._stop_daemon()
-        finally:
-            for path in self._files:
-                path.unlink(missing_ok=True)
-            self._files.clear()
-            if self.workdir is not None:
-                if self._own_workdir:
-                    shutil.rmtree(self.workdir, ignore_errors=True)
-                else:
-                    self.log_path.unlink(missing_ok=True)
-            self.workdir = None
-            self._own_workdir = False
-            if self._auto_port:
-                self.port = None
-
-    # -- logs ------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (FileNotFoundError, LabError):
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
