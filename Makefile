@@ -8,10 +8,12 @@ BIN := $(VENV)/bin
 # built into libvirt0), iproute2 and procps (sysctl) for the private network namespace.
 BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 iproute2 procps
 # The real peers the tests run against: the C fence-virt tools, fence-agents' metadata
-# schema, and a real libvirtd with QEMU (TCG) for the test that fences a real guest.
+# schema, a real libvirtd with QEMU (TCG) for the tests that fence and migrate real guests,
+# and corosync + pacemaker for the host cluster (CPG tracking) and the guest-cluster lab.
 TEST_PACKAGES := fence-virt fence-virtd fence-agents \
 	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 chromium tgt libiscsi7 \
-	golang-go golang-github-vmware-govmomi-dev
+	golang-go golang-github-vmware-govmomi-dev \
+	corosync libcpg4 pacemaker pacemaker-cli-utils
 BENCH_PACKAGES := hyperfine
 
 STAMP_BASE := $(VENV)/.apt-base

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from guestfence.errors import GuestfenceError
+
+# Sub-commands that live in their own module: the command name and a module with
+# ``add_parser(subparsers)`` (registers the command under that name) and
+# ``run(args) -> int`` (the exit code). Add a line here to add a command.
+COMMAND_MODULES: dict[str, str] = {
+    "check": "guestfence.check.cli",
+    "storage-check": "guestfence.scsi.storagecheck_cli",
+    "target": "guestfence.target.cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     manpages.add_argument("directory", nargs="?", default="man")
 
-    from guestfence.check.cli import add_parser as add_check
-
-    add_check(sub)
-
-    from guestfence.scsi.storagecheck_cli import add_parser as add_storage_check
-
-    add_storage_check(sub)
-
-    from guestfence.target.cli import add_parser as add_target
-
-    add_target(sub)
+    for module in COMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(sub)
     return p
 
 
@@ -74,18 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             write_key(args.path, force=args.force)
             print(f"wrote {args.path} (4096 random bytes, mode 0600)")
             return
-        if args.command == "check":
-            from guestfence.check.cli import run as run_check
-
-            sys.exit(run_check(args))
-        if args.command == "storage-check":
-            from guestfence.scsi.storagecheck_cli import run as run_storage_check
-
-            sys.exit(run_storage_check(args))
-        if args.command == "target":
-            from guestfence.target.cli import run as run_target
-
-            sys.exit(run_target(args))
+        if args.command in COMMAND_MODULES:
+            sys.exit(importlib.import_module(COMMAND_MODULES[args.command]).run(args))
         if args.command == "manpages":
             from guestfence.manpages import write_manpages
 
