@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
 from guestfence.errors import KeyFileError
 from guestfence.virt.wire import read_key
+
+
+def fingerprint(key: bytes) -> str:
+    """A short name for a key that can be compared on host and guests without revealing it:
+    the first 16 hex digits of the SHA-256 of the key bytes."""
+    return hashlib.sha256(key).hexdigest()[:16]
 
 
 def load_daemon_key(path: str) -> bytes:
