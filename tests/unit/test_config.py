@@ -264,7 +264,7 @@ def test_unknown_keys_warn_and_historical_backends_do_not() -> None:
         "f:4: unknown key 'prot' in listeners/multicast (known: key_file, hash, auth, family, "
         "address, port, interface)",
         "f:5: unknown block 'extra' at top level (known: fence_virtd, listeners, backends, "
-        "groups)",
+        "groups, clusters)",
     )
 
 

@@ -37,12 +37,14 @@ Deliberate differences from the C daemon:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NoReturn, TypeAlias, TypeVar
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar
 
 from guestfence.errors import ConfigError
+from guestfence.host.clusters import ClusterConfig, parse_clusters_block
 
 HashName = Literal["none", "sha1", "sha256", "sha512"]
 Family = Literal["ipv4", "ipv6"]
@@ -94,15 +96,34 @@ ListenerConfig = (
 )
 
 
+BackendName = Literal["libvirt", "cpg", "static", "multi-libvirt"]
+FencedConfirm = Literal["stonith-history", "command"]
+CPG_GROUP_DEFAULT = "guestfence"
+CPG_GROUP_OF_C = "fence-agents"
+
+
 @dataclass(frozen=True)
 class BackendConfig:
-    name: Literal["libvirt", "cpg"]
+    name: BackendName
     uris: tuple[str, ...]
     name_mode: NameMode
     # guestfence: does a shut-off definition make this host the domain's owner? "yes"
     # suits one host per multicast group; "no" is needed when several hosts share a
     # group and a domain may stay defined (shut off) on a host it migrated away from
     claim_shut_off: bool = True
+    # guestfence, the tracked modes (tracking/): this host's name in the map, the CPG
+    # group or the hosts block (static and cpg default to the short hostname; None in
+    # multi-libvirt: one management daemon that answers for every host)
+    host_name: str | None = None
+    # cpg: our own group (we do not speak the C cpg messages), how a departed host is
+    # confirmed fenced, and the command for fenced_confirm = "command" ("{host}" replaced)
+    group: str = CPG_GROUP_DEFAULT
+    fenced_confirm: FencedConfirm = "stonith-history"
+    confirm_command: str | None = None
+    # static: host -> guests (names or UUIDs), in file order
+    static_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # multi-libvirt: host -> libvirt URI, in file order
+    hosts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +143,15 @@ class Config:
     foreground: bool
     wait_for_init: bool
     warnings: tuple[str, ...]
+    # guestfence: one key per guest cluster, bound to its guests (host/clusters.py);
+    # empty = the listener's single key_file, valid for every guest (fence_virtd's way)
+    clusters: tuple[ClusterConfig, ...] = ()
+    # guestfence day-2 operations: the admin socket (None: the default path; "off"),
+    # the Prometheus endpoint (off unless metrics_port is set) and the log format
+    admin_socket: str | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int | None = None
+    log_format: Literal["text", "json"] = "text"
 
 
 @dataclass(frozen=True)
@@ -296,7 +326,9 @@ _NET_KEYS = ("key_file", "hash", "auth", "family", "address", "port")
 # "uriN" stands for uri1, uri2, ...; it is capitalised so no lower-cased name matches it.
 _SCHEMA: _Schema = {
     "fence_virtd": _keys("listener", "backend", "module_path", "foreground", "debug",
-                         "wait_for_init", "wait_for_backend", "name_mode"),
+                         "wait_for_init", "wait_for_backend", "name_mode",
+                         # guestfence's day-2 operations (admin socket, metrics, JSON logs)
+                         "admin_socket", "metrics_address", "metrics_port", "log_format"),
     "listeners": {
         "multicast": _keys(*_NET_KEYS, "interface"),
         "tcp": _keys(*_NET_KEYS),
@@ -305,10 +337,15 @@ _SCHEMA: _Schema = {
     },
     "backends": {
         "libvirt": _keys("uri", "uriN", "claim_shut_off"),
-        "cpg": _keys("uri", "uriN", "name_mode"),
+        "cpg": _keys("uri", "uriN", "name_mode", "host_name", "group", "fenced_confirm",
+                     "confirm_command"),
+        # guestfence's tracked modes; their map and hosts blocks are read by tracked_*
+        "static": {**_keys("uri", "uriN", "name_mode", "host_name"), "map": _OPAQUE},
+        "multi-libvirt": {**_keys("name_mode", "host_name"), "hosts": _OPAQUE},
         **{name: _OPAQUE for name in ("checkpoint", "libvirt-qmf", "pm-fence", "null")},
     },
     "groups": {"group": _keys("name", "ip", "uuid")},
+    "clusters": _OPAQUE,  # guestfence's per-cluster keys: checked by host/clusters.py
 }
 _REPEATABLE_BLOCKS = {"group"}
 _URI_N = re.compile(r"uri([1-9][0-9]*)")
@@ -318,7 +355,8 @@ _HASHES: dict[str, HashName] = {
     "none": "none", "sha1": "sha1", "sha256": "sha256", "sha512": "sha512"}
 _FAMILIES: dict[str, Family] = {"ipv4": "ipv4", "ipv6": "ipv6"}
 _NAME_MODES: dict[str, NameMode] = {"name": "name", "uuid": "uuid"}
-_BACKENDS: dict[str, Literal["libvirt", "cpg"]] = {"libvirt": "libvirt", "cpg": "cpg"}
+_BACKENDS: dict[str, BackendName] = {
+    "libvirt": "libvirt", "cpg": "cpg", "static": "static", "multi-libvirt": "multi-libvirt"}
 _SERIAL_MODES: dict[str, Literal["serial", "vmchannel"]] = {
     "serial": "serial", "vmchannel": "vmchannel"}
 _LISTENERS = ("multicast", "tcp", "vsock", "serial")
@@ -422,16 +460,61 @@ class _Builder:
             core, "listener", 'listener = "multicast"; (or tcp, vsock, serial)'),
             "fence_virtd", {n: n for n in _LISTENERS})
         wait = self.flag(core, "wait_for_init") or self.flag(core, "wait_for_backend")
+        listener_config = self.listener(listener)
         return Config(
             path=self.path,
-            listener=self.listener(listener),
+            listener=listener_config,
             backend=self.backend(core),
             groups=self.groups(),
             debug=self.integer(core, "debug", "fence_virtd", 0, 2**31 - 1, 0),
             foreground=self.flag(core, "foreground") != 0,
             wait_for_init=wait != 0,
+            clusters=self.clusters(listener_config),
+            **self.operations(core),
             warnings=tuple(self.warnings),
         )
+
+    def operations(self, core: Node) -> dict[str, Any]:
+        """guestfence's admin socket, metrics endpoint and log format (fence_virtd block)."""
+        from guestfence.host.admin import socket_path_problem
+
+        settings: dict[str, Any] = {}
+        node = self.get(core, "admin_socket")
+        if node is not None:
+            problem = socket_path_problem(_text(node))
+            if problem is not None:
+                self.bad(node, "fence_virtd", problem)
+            settings["admin_socket"] = _text(node)
+        node = self.get(core, "metrics_address")
+        if node is not None:
+            try:
+                settings["metrics_address"] = str(ipaddress.ip_address(_text(node)))
+            except ValueError:
+                self.bad(node, "fence_virtd", "an IPv4 or IPv6 address such as 127.0.0.1")
+        if self.get(core, "metrics_port") is not None:
+            settings["metrics_port"] = self.integer(core, "metrics_port", "fence_virtd", 1,
+                                                    65535, 0)
+        settings["log_format"] = self.choice(core, "log_format", "fence_virtd",
+                                             {"text": "text", "json": "json"}, "text")
+        return settings
+
+    def clusters(self, listener: ListenerConfig) -> tuple[ClusterConfig, ...]:
+        """Per-cluster keys (guestfence); they replace the listener's key_file."""
+        top = _find(self.tree, "clusters", block=True)
+        if top is None:
+            return ()
+        clusters = parse_clusters_block(top, self.path)
+        if isinstance(listener, SerialListenerConfig):
+            return clusters  # no keys on the serial path: the requesting guest's binding
+        if listener.hash == "none":
+            _fail(self.path, top.line, "per-cluster keys with hash = \"none\" on the listener",
+                  'hash = "sha256"; (the signature of a request tells which cluster sent it)')
+        block = self.section("listeners", _listener_name(listener))
+        key_file = self.get(block, "key_file")
+        if key_file is not None:
+            self.warn(key_file, "key_file of the listener is not used: the clusters block "
+                      "gives one key per cluster")
+        return clusters
 
     def section(self, top: str, name: str) -> Node | None:
         parent = _find(self.tree, top, block=True)
@@ -467,9 +550,14 @@ class _Builder:
         return "vmchannel" if int(value) > 0 else "serial"  # C clamps negatives to 0
 
     def backend(self, core: Node) -> BackendConfig:
-        node = self.require(core, "backend", 'backend = "libvirt"; (or cpg)')
+        node = self.require(core, "backend",
+                            'backend = "libvirt"; (or cpg, static, multi-libvirt)')
         name = self.choose(node, "fence_virtd", _BACKENDS)
         block = self.section("backends", name)
+        if name == "multi-libvirt":
+            from guestfence.host.config_modes import tracked_multi_libvirt
+
+            return tracked_multi_libvirt(self, node, block)
         uris: list[str] = []
         key = "uri"  # then uri1, uri2, ...: C stops at the first missing one
         while (uri := self.get(block, key)) is not None:
@@ -492,7 +580,12 @@ class _Builder:
             mode = self.choice(block, "name_mode", "backends/cpg", _NAME_MODES, mode)
         claim = self.choice(block, "claim_shut_off", f"backends/{name}",
                             {"yes": "yes", "no": "no", "1": "yes", "0": "no"}, "yes")
-        return BackendConfig(name, tuple(uris), mode, claim_shut_off=claim == "yes")
+        config = BackendConfig(name, tuple(uris), mode, claim_shut_off=claim == "yes")
+        if name in ("cpg", "static"):  # the tracked modes' own keys (host/config_modes.py)
+            from guestfence.host.config_modes import tracked_cpg, tracked_static
+
+            return (tracked_cpg if name == "cpg" else tracked_static)(self, block, config)
+        return config
 
     def groups(self) -> tuple[Group, ...]:
         top = _find(self.tree, "groups", block=True)
@@ -515,6 +608,12 @@ class _Builder:
             _fail(self.path, top.line, "a groups block without any usable group",
                   'groups with ip = "..." and uuid = "..." entries, or no groups block at all')
         return tuple(groups)
+
+
+def _listener_name(listener: ListenerConfig) -> str:
+    if isinstance(listener, MulticastListenerConfig):
+        return "multicast"
+    return "tcp" if isinstance(listener, TcpListenerConfig) else "vsock"
 
 
 def parse_config(text: str, path: str = "<string>") -> Config:

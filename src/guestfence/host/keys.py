@@ -1,4 +1,4 @@
-"""Loading the daemon's shared key, refusing insecure or unreadable files."""
+"""Loading the daemon's shared keys (refusing insecure or unreadable files); fingerprints."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def load_daemon_key(path: str) -> bytes:
             f"otherwise fix it with: chmod 600 {path}"
         )
     return read_key(path)
+
+
+def successor_path(key_file: str, configured: str | None = None) -> str:
+    """Where a key's successor lives during a rotation: configured, or ``<key_file>.next``."""
+    return configured or f"{key_file}.next"
+
+
+def load_optional_key(path: str) -> bytes | None:
+    """A successor key: None when the file does not exist (no rotation under way)."""
+    if not os.path.lexists(path):
+        return None
+    return load_daemon_key(path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import logging.handlers
 import os
@@ -21,6 +23,9 @@ from typing import Any
 
 from guestfence.errors import BackendError, ConfigError, GuestfenceError, KeyFileError
 from guestfence.host.acl import AccessMap
+from guestfence.host.admin import DEFAULT_ADMIN_SOCKET, socket_path_problem
+from guestfence.host.backends.tracked import TrackedBackend
+from guestfence.host.cluster_access import ClusterAccess
 from guestfence.host.config import (
     Config,
     MulticastListenerConfig,
@@ -29,13 +34,17 @@ from guestfence.host.config import (
     VsockListenerConfig,
     load_config,
 )
+from guestfence.host.keyring import KeyFileWatcher, KeyRing, KeySource, sources_from_config
 from guestfence.host.keys import load_daemon_key
+from guestfence.host.logformat import LOG_FORMATS, JsonFormatter
+from guestfence.host.operations import start_operations
 from guestfence.host.server import Backend, FenceService
 from guestfence.virt.wire import HashType
 
 DEFAULT_CONFIG = "/etc/fence_virt.conf"
 DEFAULT_PIDFILE = "/run/guestfenced.pid"
 INIT_RETRY_SECONDS = 5.0
+KEY_POLL_SECONDS = 0.5
 
 log = logging.getLogger("guestfenced")
 
@@ -58,19 +67,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", dest="wait", action="store_true",
                    help="keep retrying backend and listener start-up every 5 s")
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("-c", "--configure", action="store_true",
+                   help="ask for the settings (listener, interface, address, port, key file, "
+                   "backend, libvirt URI; defaults detected on this host or read from the "
+                   "existing file), show the result, then replace the -f file atomically "
+                   "(the old one kept as FILE.bak) and offer to create the key; the role of "
+                   "fence_virtd -c. Answers are read one per line when standard input is not "
+                   "a terminal (an empty line takes the default)")
+    p.add_argument("--defaults", action="store_true",
+                   help="with --configure: ask nothing, take every default and write the file "
+                   "(and the key, when missing)")
+    p.add_argument("--admin-socket", metavar="PATH", type=_admin_socket_option,
+                   help="root-only UNIX socket for 'guestfence status' (overrides the config's "
+                   f"admin_socket; default {DEFAULT_ADMIN_SOCKET}; 'off' disables it)")
+    p.add_argument("--metrics-port", metavar="PORT", type=_port_option,
+                   help="serve Prometheus metrics over HTTP on this port at /metrics "
+                   "(overrides the config's metrics_port; default: no metrics endpoint)")
+    p.add_argument("--metrics-address", metavar="ADDRESS", type=_address_option,
+                   help="address the metrics endpoint binds to (overrides the config's "
+                   "metrics_address; default 127.0.0.1: only this host can scrape)")
+    p.add_argument("--log-format", choices=LOG_FORMATS,
+                   help="'text' (default) or 'json': one JSON object per line with timestamp, "
+                   "level, logger, message and, for requests, listener, requester, target, "
+                   "action, seqno, cluster, outcome and duration_ms (overrides the config's "
+                   "log_format)")
     return p
 
 
-def setup_logging(level: int, foreground: bool) -> None:
+def _admin_socket_option(value: str) -> str:
+    problem = socket_path_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {problem}")
+    return value
+
+
+def _port_option(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a port 1..65535")
+    return int(value)
+
+
+def _address_option(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected an IPv4 or IPv6 address such as 127.0.0.1") from None
+
+
+def with_options(config: Config, args: argparse.Namespace) -> Config:
+    """The config with the day-2 options given on the command line applied."""
+    overrides = {name: getattr(args, name) for name in
+                 ("admin_socket", "metrics_port", "metrics_address", "log_format")
+                 if getattr(args, name, None) is not None}
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def setup_logging(level: int, foreground: bool, log_format: str = "text") -> None:
     handler: logging.Handler
     if foreground or not os.path.exists("/dev/log"):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+        handler.setFormatter(JsonFormatter() if log_format == "json" else
+                             logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
     else:
         handler = logging.handlers.SysLogHandler(
             "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
-        handler.setFormatter(logging.Formatter("guestfenced[%(process)d]: %(message)s"))
+        handler.setFormatter(JsonFormatter("guestfenced[%(process)d]: ")
+                             if log_format == "json" else
+                             logging.Formatter("guestfenced[%(process)d]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if level > 0 else logging.INFO)
@@ -79,12 +144,30 @@ def setup_logging(level: int, foreground: bool) -> None:
 def make_backend(config: Config) -> Backend:
     from guestfence.host.backends.libvirt import LibvirtBackend
 
-    if config.backend.name == "cpg":
-        raise ConfigError(
-            f"{config.path}: backend 'cpg' is not available yet; use backend = \"libvirt\""
-        )
+    if config.backend.name != "libvirt":
+        raise ConfigError(f"{config.path}: backend {config.backend.name!r} is a tracked mode "
+                          "(open_backend starts it)")
     return LibvirtBackend(config.backend.uris, config.backend.name_mode,
                           claim_shut_off=config.backend.claim_shut_off)
+
+
+async def open_backend(config: Config) -> Backend:
+    """The libvirt backend, or a started tracker behind a TrackedBackend (the host modes)."""
+    if config.backend.name == "libvirt":
+        return await asyncio.to_thread(make_backend, config)
+    from guestfence.tracking.factory import start_tracked_backend
+
+    return await start_tracked_backend(config.backend, config.path)
+
+
+def probe_backend(config: Config) -> None:
+    """What can be checked before forking: a wrong URI or an unavailable mode."""
+    if config.backend.name == "libvirt":
+        make_backend(config).close()
+    else:
+        from guestfence.tracking.factory import probe
+
+        probe(config.backend, config.path)
 
 
 def _key_and_algorithms(config: Config) -> tuple[bytes, HashType, HashType]:
@@ -94,9 +177,42 @@ def _key_and_algorithms(config: Config) -> tuple[bytes, HashType, HashType]:
     auth = HashType.from_name(listener.auth)
     min_hash = HashType.from_name(listener.hash)
     key = b""
-    if auth is not HashType.NONE or min_hash is not HashType.NONE:
+    if not config.clusters and (auth is not HashType.NONE or min_hash is not HashType.NONE):
         key = load_daemon_key(listener.key_file)
     return key, auth, min_hash
+
+
+def _key_sources(config: Config) -> list[KeySource]:
+    """The key files the listener accepts: one per cluster, or the listener's own."""
+    listener = config.listener
+    if isinstance(listener, SerialListenerConfig):
+        return []  # no cryptography on the serial path
+    if not config.clusters and listener.hash == "none" and listener.auth == "none":
+        return []
+    return sources_from_config(config.clusters, listener.key_file)
+
+
+def load_keyring(config: Config, strict: bool) -> KeyRing:
+    sources = _key_sources(config)
+    return KeyRing.load(sources, strict=strict) if sources else KeyRing.keyless()
+
+
+async def watch_keys(service: FenceService, config: Config, reload_now: asyncio.Event) -> None:
+    """Reload the keys when a key file changes (checked every KEY_POLL_SECONDS) or on SIGHUP,
+    so that a retired key stops working within a second, without a restart."""
+    sources = _key_sources(config)
+    watcher = KeyFileWatcher(sources)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reload_now.wait(), KEY_POLL_SECONDS)
+        forced = reload_now.is_set()
+        reload_now.clear()
+        if not watcher.changed() and not forced:
+            continue
+        ring = await asyncio.to_thread(KeyRing.load, sources, strict=False)
+        service.keyring = ring
+        log.info("keys reloaded%s: %s", " (SIGHUP)" if forced else "",
+                 "; ".join(ring.describe()) or "none")
 
 
 def make_listener(config: Config, service: FenceService) -> Any:
@@ -155,7 +271,7 @@ async def serve(config: Config, wait: bool) -> int:
     key, auth, min_hash = _key_and_algorithms(config)
     while True:
         try:
-            backend = await asyncio.to_thread(make_backend, config)
+            backend = await open_backend(config)
             break
         except BackendError as e:
             if not wait:
@@ -165,6 +281,10 @@ async def serve(config: Config, wait: bool) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     service = FenceService(backend, AccessMap(config.groups), key, auth, min_hash)
+    service.keyring = load_keyring(config, strict=True)
+    service.cluster_access = ClusterAccess(config.clusters)
+    for described in service.keyring.describe():
+        log.info("key %s", described)  # fingerprints only: keys are never logged
     listener = make_listener(config, service)
     while True:
         try:
@@ -176,18 +296,31 @@ async def serve(config: Config, wait: bool) -> int:
                     from e
             log.error("listener start failed: %s; retrying in %.0f s", e, INIT_RETRY_SECONDS)
             await asyncio.sleep(INIT_RETRY_SECONDS)
+    try:
+        operations = await start_operations(config, service)
+    except GuestfenceError:
+        await listener.stop()
+        backend.close()
+        raise
     log.info("guestfenced ready (backend %s: %s)", config.backend.name,
              ", ".join(config.backend.uris))
     stop = asyncio.Event()
+    reload_keys = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys.set)
+    key_watch = asyncio.ensure_future(watch_keys(service, config, reload_keys))
     await stop.wait()
+    key_watch.cancel()
     log.info("stopping: finishing %d request(s) in flight", service.in_flight())
+    await operations.stop()
     await listener.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(service.drain(), 20.0)
     backend.close()
+    if isinstance(backend, TrackedBackend):
+        await backend.tracker.stop()
     return 0
 
 
@@ -198,20 +331,28 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"guestfenced {__version__}")
         sys.exit(0)
-    setup_logging(args.debug or 0, True)
+    if args.configure or args.defaults:
+        if not args.configure:
+            build_parser().error("--defaults goes with --configure")
+        from guestfence.host.configure_prompt import run_configure
+
+        sys.exit(run_configure(args.config, use_defaults=args.defaults))
+    setup_logging(args.debug or 0, True, args.log_format or "text")
     try:
         config = load_config(args.config)
         level = args.debug if args.debug is not None else config.debug
         foreground = args.foreground or config.foreground
         _key_and_algorithms(config)  # fail before forking: the operator sees the message
+        load_keyring(config, strict=True)
         check_pidfile(args.pidfile)
         if not (args.wait or config.wait_for_init):
             # Probe the backend now, so a wrong URI is reported here, before forking and
             # before any pid file exists. The real connections are opened after the fork.
-            make_backend(config).close()
+            probe_backend(config)
         if not foreground:
             daemonize()
-        setup_logging(level, foreground)
+        config = with_options(config, args)
+        setup_logging(level, foreground, config.log_format)
         write_pidfile(args.pidfile)
     except (ConfigError, KeyFileError, BackendError, GuestfenceError, OSError) as e:
         print(f"guestfenced: {e}", file=sys.stderr)

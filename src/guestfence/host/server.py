@@ -20,8 +20,13 @@ from typing import Protocol
 
 from guestfence.errors import AuthError, GuestfenceError, ProtocolError
 from guestfence.host.acl import AccessMap
+from guestfence.host.cluster_access import ClusterAccess
 from guestfence.host.history import History, RequestKey
 from guestfence.host.keyedlock import KeyedLocks
+from guestfence.host.keyring import KeyRing
+from guestfence.host.logformat import log_fields
+from guestfence.host.metrics import ServiceMetrics
+from guestfence.host.recent import ActiveRequests, RecentRequests, RequestRecord, now
 from guestfence.virt.handshake import DaemonSession
 from guestfence.virt.wire import HashType, HostRecord, Op, Result
 
@@ -60,6 +65,10 @@ class Request:
     seqno: int
     started: float = field(default_factory=time.monotonic)
     lock_key: str | None = None  # the domain's UUID, when the listener resolved it already
+    # the guest cluster whose key verified the request (clusters block; None: no clusters
+    # block, or not identified yet), and that key for the challenge/response
+    cluster: str | None = None
+    auth_key: bytes | None = field(default=None, repr=False)
 
     @property
     def action(self) -> str:
@@ -137,8 +146,15 @@ class FenceService:
         self.key = key
         self.auth = auth
         self.min_hash = min_hash
+        # per-cluster keys (host/keyring.py); the daemon swaps in a new ring on key changes
+        self.keyring = KeyRing.single(key)
+        self.cluster_access = ClusterAccess()
         self.history = History()
         self.metrics: Counter[str] = Counter()
+        # for the admin view and the Prometheus endpoint (host/recent.py, host/metrics.py)
+        self.recent = RecentRequests()
+        self.active = ActiveRequests()
+        self.telemetry = ServiceMetrics(self)
         self._locks = KeyedLocks()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,7 +195,9 @@ class FenceService:
             return
         self._drops_logged += 1
         log.warning("dropped request from %s: %s%s", printable(requester), reason,
-                    f" ({printable(detail)})" if detail else "")
+                    f" ({printable(detail)})" if detail else "",
+                    extra=log_fields(event="drop", requester=requester, reason=reason,
+                                     detail=detail))
 
     def _lock_key(self, target: str) -> str:
         try:
@@ -218,10 +236,10 @@ class FenceService:
         served = False
         outcome = "error"
         detail = ""
-        async with self._slots:
+        async with self._slots, self.active.serving(req.listener):
             try:
                 if authenticate:
-                    await self._authenticate(stream)
+                    await self._authenticate(stream, req)
                 served = True
                 code, payload = await self._decide(req, stream, framing)
                 if code is None:
@@ -244,8 +262,11 @@ class FenceService:
                     self.history.finish(history_key, time.monotonic(), served=served)
         self._log(req, outcome, detail)
 
-    async def _authenticate(self, stream: StreamIO) -> None:
-        session = DaemonSession(self.key, self.auth)
+    async def _authenticate(self, stream: StreamIO, req: Request) -> None:
+        # the key that verified the request's signature, so that the cluster it names
+        # is the one that completes the challenge/response
+        session = DaemonSession(req.auth_key if req.auth_key is not None else self.key,
+                                self.auth)
         if session.authenticated:
             return
         answer = session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
@@ -263,9 +284,18 @@ class FenceService:
                 log.error("host list failed: %s", e)
                 return Result.FAIL, framing.result(Result.FAIL)
             shown = [r for r in records if self.access.shows(req.requester, r.name, r.uuid)]
+            if self.cluster_access.enabled:  # a cluster sees only its own guests
+                await self._identify_serial_requester(req)
+                shown = await asyncio.to_thread(
+                    self.cluster_access.visible, self.backend, req.cluster, shown)
             return Result.HOSTLIST, framing.host_list(shown)
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
             return Result.PERM, framing.result(Result.PERM)
+        if req.op in ACL_OPS and self.cluster_access.enabled:
+            await self._identify_serial_requester(req)
+            if not await asyncio.to_thread(
+                    self.cluster_access.allows, self.backend, req.cluster, req.target):
+                return Result.PERM, framing.result(Result.PERM)
         # one lock per domain, whatever the request calls it (name or UUID)
         key = req.lock_key
         if key is None:
@@ -277,6 +307,12 @@ class FenceService:
             code = await asyncio.to_thread(self.backend.execute, req.op, req.target)
         return code, framing.result(code)
 
+    async def _identify_serial_requester(self, req: Request) -> None:
+        """Serial requests carry no key: their cluster is the requesting guest's."""
+        if req.cluster is None and req.listener == "serial":
+            req.cluster = await asyncio.to_thread(
+                self.cluster_access.requester_cluster, self.backend, req.requester)
+
     def _log(self, req: Request, outcome: str, detail: str) -> None:
         self.metrics[f"requests_{outcome}"] += 1
         duration = (time.monotonic() - req.started) * 1000
@@ -284,7 +320,7 @@ class FenceService:
         log.log(
             level,
             "request listener=%s requester=%s target=%s action=%s seqno=%d outcome=%s "
-            "duration_ms=%.1f%s",
+            "duration_ms=%.1f%s%s",
             req.listener,
             printable(req.requester),
             printable(req.target) or "-",
@@ -292,8 +328,18 @@ class FenceService:
             req.seqno,
             outcome,
             duration,
+            f" cluster={req.cluster}" if req.cluster else "",
             f" detail={detail!r}" if detail else "",
+            extra=log_fields(event="request", listener=req.listener, requester=req.requester,
+                             target=req.target, action=req.action, seqno=req.seqno,
+                             cluster=req.cluster, outcome=outcome,
+                             duration_ms=round(duration, 1), detail=detail),
         )
+        # the admin view's ring buffer and the metrics see exactly what the log line says
+        self.recent.add(RequestRecord(now(), req.listener, req.requester, req.target,
+                                      req.action, req.seqno, req.cluster, outcome,
+                                      round(duration, 1), detail))
+        self.telemetry.observe_request(req.action, outcome, req.cluster, duration / 1000)
 
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from guestfence.errors import BackendError
+from guestfence.host.clusters import METADATA_NAMESPACE, parse_metadata_tag
 from guestfence.virt.wire import VIR_DOMAIN_RUNNING, VIR_DOMAIN_SHUTOFF, HostRecord, Op, Result
 
 T = TypeVar("T")
@@ -58,6 +59,15 @@ def _persistent(dom: Any) -> bool:
         return bool(dom.isPersistent())
     except libvirt.libvirtError:
         return True
+
+
+def _metadata_tag(dom: Any) -> str | None:
+    """``<guestfence:cluster name="..."/>`` in the domain's <metadata>, read through libvirt."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NAMESPACE, 0)
+    except libvirt.libvirtError:
+        return None  # no such metadata (VIR_ERR_NO_DOMAIN_METADATA) or the domain vanished
+    return parse_metadata_tag(xml)
 
 
 def _silence_libvirt_stderr() -> None:
@@ -183,6 +193,21 @@ class LibvirtBackend:
                 except libvirt.libvirtError:
                     continue  # a transient domain vanished while we listed
         return sorted(records.values(), key=lambda r: r.name.lower())
+
+    def cluster_tag(self, target: str) -> str | None:
+        """The guest cluster named in the domain's guestfence metadata, if any."""
+        found = self._find(target)
+        return None if found is None else _metadata_tag(found[1])
+
+    def cluster_tags(self) -> dict[str, str]:
+        """UUID (lower case) -> guest cluster tag, for every domain that has one."""
+        tags: dict[str, str] = {}
+        for uri in self.uris:
+            for dom in self._with_conn(uri, lambda c: c.listAllDomains(0)):
+                tag = _metadata_tag(dom)
+                if tag is not None:
+                    tags.setdefault(dom.UUIDString().lower(), tag)
+        return tags
 
     # --------------------------------------------------------------- operations
 

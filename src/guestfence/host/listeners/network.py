@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 import time
+from typing import Any
 
 from guestfence.errors import AuthError, ConfigError, ProtocolError
 from guestfence.host.config import (
@@ -26,8 +27,9 @@ from guestfence.host.config import (
     VsockListenerConfig,
 )
 from guestfence.host.history import request_key
+from guestfence.host.keyring import FailureLimiter, RingKey
 from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request, printable
-from guestfence.virt.wire import REQUEST_SIZE, FenceRequest, verify_request
+from guestfence.virt.wire import REQUEST_SIZE, FenceRequest
 
 log = logging.getLogger("guestfenced")
 
@@ -38,14 +40,24 @@ MAX_CALLBACK_DELAY = 10.0
 REQUEST_READ_TIMEOUT = 3.0
 
 
-def _verify(service: FenceService, block: bytes, requester: str) -> FenceRequest | None:
+def _verify(service: FenceService, block: bytes, requester: str
+            ) -> tuple[FenceRequest, RingKey | None] | None:
+    """The request and the key that signed it (which names the guest cluster)."""
     try:
-        return verify_request(block, service.key, service.min_hash)
+        return service.keyring.identify(block, service.min_hash, hint=requester)
     except AuthError as e:
         service.drop("auth", requester, str(e))
     except ProtocolError as e:
         service.drop("malformed", requester, str(e))
     return None
+
+
+def _key_fields(ring_key: RingKey | None) -> dict[str, Any]:
+    """Request fields naming the verifying key's cluster; that key also runs the
+    challenge/response."""
+    if ring_key is None:
+        return {}
+    return {"cluster": ring_key.cluster, "auth_key": ring_key.key}
 
 
 # ------------------------------------------------------------------------ multicast
@@ -69,6 +81,7 @@ class MulticastListener:
         self.config = config
         self.service = service
         self._transport: asyncio.DatagramTransport | None = None
+        self._failures = FailureLimiter()  # bounds what a flood of forged datagrams costs
 
     async def start(self) -> None:
         sock = self._make_socket()
@@ -115,9 +128,15 @@ class MulticastListener:
         if len(data) != REQUEST_SIZE:
             svc.drop("malformed", source, f"{len(data)} bytes, expected {REQUEST_SIZE}")
             return
-        req = _verify(svc, data, source)
-        if req is None:
+        now = time.monotonic()
+        if not self._failures.allows(source, now):
+            svc.drop("rate-limited", source, "too many datagrams that match no key")
             return
+        verified = _verify(svc, data, source)
+        if verified is None:
+            self._failures.failed(source, now)
+            return
+        req, ring_key = verified
         if req.address is None or req.port == 0:
             svc.drop("malformed", source, "no call-back address in a multicast request")
             return
@@ -126,10 +145,10 @@ class MulticastListener:
             svc.metrics["duplicates"] += 1
             log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
             return
-        svc.spawn(self._handle(req, key, time.monotonic()))
+        svc.spawn(self._handle(req, ring_key, key, time.monotonic()))
 
-    async def _handle(self, req: FenceRequest, key: tuple[int, int, str],
-                      received: float) -> None:
+    async def _handle(self, req: FenceRequest, ring_key: RingKey | None,
+                      key: tuple[int, int, str], received: float) -> None:
         svc = self.service
         requester = str(req.address)
         target = printable(req.domain)
@@ -141,7 +160,7 @@ class MulticastListener:
                       target, requester)
             return
         request = Request(self.kind, requester, req.op, req.domain, req.seqno,
-                          lock_key=lock_key)
+                          lock_key=lock_key, **_key_fields(ring_key))
         assert req.address is not None
         if time.monotonic() - received > MAX_CALLBACK_DELAY:
             svc.history.finish(key, time.monotonic(), served=False)
@@ -230,14 +249,16 @@ class StreamListener:
             except (TimeoutError, asyncio.IncompleteReadError, OSError):
                 svc.drop("incomplete", requester, "no complete request block")
                 return
-            req = _verify(svc, block, requester)
-            if req is None:
+            verified = _verify(svc, block, requester)
+            if verified is None:
                 return
+            req, ring_key = verified
             key = request_key(req.op, req.seqno, req.domain)
             if not svc.history.begin(key, time.monotonic()):
                 svc.metrics["duplicates"] += 1
                 return
-            request = Request(self.kind, requester, req.op, req.domain, req.seqno)
+            request = Request(self.kind, requester, req.op, req.domain, req.seqno,
+                              **_key_fields(ring_key))
             await svc.serve(request, stream, key)
         finally:
             await stream.close()

@@ -1,0 +1,261 @@
+"""The keys a listener accepts, and which guest cluster each one belongs to.
+
+Nothing on the wire names the key: a request is H(key || block). So the ring
+tries its keys until one reproduces the signature, and that key tells which
+cluster sent the request; the challenge/response that follows uses the same
+key (a request signed with A's key cannot be completed with B's).
+
+Cost. Every key is 4096 bytes, so hashing key || block from scratch costs
+about 3 us per key. The ring keeps, per key and algorithm, the hash state
+after the key prefix (``hashlib`` objects can be copied), so one trial only
+hashes the 176-byte block: about 0.4 us per key, 20 us for 50 keys. The key
+that last verified a request from the same requester is tried first, so a
+valid request normally costs one trial. Every datagram costs at most one
+trial per key, whatever it contains: that bound, and the per-source limiter
+of the multicast listener, keep a flood of forged datagrams from delaying
+genuine requests.
+
+Rotation. Each cluster (and the single key of an old-style config) may have a
+successor key file (default ``<key_file>.next``). While it exists both keys
+verify. ``guestfence keys retire`` renames the successor over the key file;
+the daemon sees the change (``KeyFileWatcher`` polls the files' stat data
+twice a second, SIGHUP reloads at once) and from then on the old key fails.
+A key file that becomes unreadable or insecure stops working (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guestfence.errors import AuthError, KeyFileError
+from guestfence.host.clusters import ClusterConfig, GuestBinding
+from guestfence.host.keys import fingerprint, load_daemon_key, load_optional_key, successor_path
+from guestfence.virt.wire import DIGEST_FIELD, REQUEST_SIZE, FenceRequest, HashType, parse_request
+
+log = logging.getLogger("guestfenced")
+
+_HASH_OFFSET = REQUEST_SIZE - DIGEST_FIELD
+_ALGORITHMS: dict[HashType, Callable[[bytes], Any]] = {
+    HashType.SHA1: hashlib.sha1,
+    HashType.SHA256: hashlib.sha256,
+    HashType.SHA512: hashlib.sha512,
+}
+_DIGEST_SIZES = {HashType.SHA1: 20, HashType.SHA256: 32, HashType.SHA512: 64}
+HINTS_MAX = 4096  # requesters remembered with the key that last verified for them
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where a cluster's keys come from (the old single-key config: cluster None)."""
+
+    cluster: str | None
+    key_file: str
+    successor_file: str
+    binding: GuestBinding | None  # None: every guest (no clusters block)
+
+
+@dataclass
+class RingKey:
+    """One loaded key. ``role`` is "current" or "successor"."""
+
+    cluster: str | None
+    role: str
+    path: str
+    key: bytes
+    fingerprint: str
+    binding: GuestBinding | None
+    _prefixes: dict[HashType, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for algorithm, make in _ALGORITHMS.items():
+            self._prefixes[algorithm] = make(self.key)  # the state after hashing the key
+
+    def signs(self, algorithm: HashType, unsigned_block: bytes, digest: bytes) -> bool:
+        """Whether H(key || unsigned_block) is ``digest`` (only the digest's own length)."""
+        h = self._prefixes[algorithm].copy()
+        h.update(unsigned_block)
+        return hmac.compare_digest(h.digest(), digest)
+
+    @property
+    def label(self) -> str:
+        who = self.cluster if self.cluster is not None else "(all guests)"
+        return f"{who} {self.role} {self.fingerprint}"
+
+
+def sources_from_config(clusters: Sequence[ClusterConfig], listener_key_file: str,
+                        listener_successor: str | None = None) -> list[KeySource]:
+    if not clusters:
+        return [KeySource(None, listener_key_file,
+                          successor_path(listener_key_file, listener_successor), None)]
+    return [KeySource(c.name, c.key_file, c.successor_key_file, c.binding) for c in clusters]
+
+
+class KeyRing:
+    """An immutable set of keys; the daemon swaps in a new ring when key files change."""
+
+    def __init__(self, keys: Sequence[RingKey], clustered: bool) -> None:
+        self.keys = tuple(keys)
+        self.clustered = clustered  # a clusters block: every request must match a key
+        self._hints: OrderedDict[str, RingKey] = OrderedDict()
+
+    @classmethod
+    def load(cls, sources: Sequence[KeySource], *, strict: bool) -> KeyRing:
+        """Read every key file. ``strict`` (start-up): a bad or missing current key is an error;
+        otherwise (reload) that key is left out and logged, so it stops working."""
+        keys: list[RingKey] = []
+        for src in sources:
+            try:
+                current: bytes | None = load_daemon_key(src.key_file)
+            except KeyFileError as e:
+                if strict:
+                    raise
+                log.error("%s; the key of %s stops working until fixed", e,
+                          src.cluster or "the listener")
+                current = None
+            try:
+                successor = load_optional_key(src.successor_file)
+            except KeyFileError as e:
+                if strict:
+                    raise
+                log.error("successor key: %s; it is not used", e)
+                successor = None
+            for role, key, path in (("current", current, src.key_file),
+                                    ("successor", successor, src.successor_file)):
+                if key is not None:
+                    keys.append(RingKey(src.cluster, role, path, key, fingerprint(key),
+                                        src.binding))
+        return cls(_without_shared_keys(keys, strict), clustered=sources[0].cluster is not None)
+
+    @classmethod
+    def single(cls, key: bytes, path: str = "(key)") -> KeyRing:
+        """One key valid for every guest: fence_virtd's model (empty key: no key at all)."""
+        if not key:
+            return cls.keyless()
+        return cls([RingKey(None, "current", path, key, fingerprint(key), None)],
+                   clustered=False)
+
+    @classmethod
+    def keyless(cls) -> KeyRing:
+        """hash and auth none (or the serial listener): no key at all."""
+        return cls((), clustered=False)
+
+    def describe(self) -> list[str]:
+        return [k.label for k in self.keys]
+
+    def identify(self, block: bytes, minimum: HashType,
+                 hint: str | None = None) -> tuple[FenceRequest, RingKey | None]:
+        """Decode a request and find the key that signed it.
+
+        Raises ProtocolError for a malformed block, AuthError when the request is too
+        weak or no key signed it. An unsigned request (allowed only with hash none and
+        no clusters block) comes back with no key.
+        """
+        request = parse_request(block)
+        if request.hash_type < minimum:
+            raise AuthError(f"request signed with {request.hash_type.label}, weaker than the "
+                            f"required {minimum.label}")
+        if request.hash_type is HashType.NONE:
+            if self.clustered:
+                raise AuthError("unsigned request, but every cluster has its own key")
+            return request, None
+        size = _DIGEST_SIZES[request.hash_type]
+        field_bytes = block[_HASH_OFFSET:]
+        if any(field_bytes[size:]):  # the C client pads with zeros; nothing else verifies
+            raise AuthError("request signature does not match any key")
+        digest = field_bytes[:size]
+        unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
+        hinted = self._hints.get(hint) if hint is not None else None
+        if hinted is not None and hinted.signs(request.hash_type, unsigned, digest):
+            self._hints.move_to_end(hint)  # type: ignore[arg-type]
+            return request, hinted
+        for key in self.keys:  # at most one trial per key: the work per datagram is bounded
+            if key is not hinted and key.signs(request.hash_type, unsigned, digest):
+                if hint is not None:
+                    self._remember(hint, key)
+                return request, key
+        raise AuthError("request signature does not match any key")
+
+    def _remember(self, hint: str, key: RingKey) -> None:
+        self._hints[hint] = key
+        self._hints.move_to_end(hint)
+        while len(self._hints) > HINTS_MAX:
+            self._hints.popitem(last=False)
+
+
+def _without_shared_keys(keys: list[RingKey], strict: bool) -> list[RingKey]:
+    """One key bytes, one cluster: a key shared by two clusters cannot tell who is asking."""
+    owners: dict[bytes, set[str | None]] = {}
+    for k in keys:
+        owners.setdefault(k.key, set()).add(k.cluster)
+    shared = {key for key, who in owners.items() if len(who) > 1}
+    if not shared:
+        return keys
+    clashes = sorted({f"{k.cluster} ({k.path})" for k in keys if k.key in shared})
+    message = ("the same key is used by several clusters: " + ", ".join(clashes)
+               + "; give each cluster its own key (guestfence keys new FILE)")
+    if strict:
+        raise KeyFileError(message)
+    log.error("%s; that key is not accepted for any of them", message)
+    return [k for k in keys if k.key not in shared]
+
+
+def file_signature(path: str) -> tuple[int, ...] | None:
+    """What changes when a key file is replaced, rewritten, re-moded or removed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
+
+
+class KeyFileWatcher:
+    """Notices changed key files; the caller polls it (twice a second) and on SIGHUP."""
+
+    def __init__(self, sources: Sequence[KeySource]) -> None:
+        self.paths = tuple(p for s in sources for p in (s.key_file, s.successor_file))
+        self._seen = self._snapshot()
+
+    def _snapshot(self) -> tuple[tuple[int, ...] | None, ...]:
+        return tuple(file_signature(p) for p in self.paths)
+
+    def changed(self) -> bool:
+        now = self._snapshot()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+
+class FailureLimiter:
+    """Per source address, a budget of datagrams that verify with no key.
+
+    A source that spent its budget (a burst of ``burst``, refilled at ``rate`` per
+    second) has its datagrams dropped before any key is tried, until the budget
+    refills. Guests send one datagram per retransmit interval (2 s), so only a
+    flooding source is ever limited; its flood then costs a dictionary lookup per
+    datagram instead of one trial per key.
+    """
+
+    def __init__(self, rate: float = 20.0, burst: float = 40.0, sources_max: int = 4096) -> None:
+        self.rate, self.burst, self.sources_max = rate, burst, sources_max
+        self._budget: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def _tokens(self, source: str, now: float) -> float:
+        tokens, when = self._budget.get(source, (self.burst, now))
+        return min(self.burst, tokens + (now - when) * self.rate)
+
+    def allows(self, source: str, now: float) -> bool:
+        return source not in self._budget or self._tokens(source, now) >= 1.0
+
+    def failed(self, source: str, now: float) -> None:
+        self._budget[source] = (self._tokens(source, now) - 1.0, now)
+        self._budget.move_to_end(source)
+        while len(self._budget) > self.sources_max:
+            self._budget.popitem(last=False)
