@@ -1,0 +1,131 @@
+"""Did the host cluster fence a host that left our CPG group? Asked, never assumed.
+
+The C cpg backend answers "fenced" as soon as a host leaves the group, which
+is false during a partition. guestfence answers success for a departed host's
+guests only when one of these confirms a fence that completed *after* the host
+left (an old fence, from before the host came back, must not count):
+
+``stonith-history``
+    Pacemaker's fencing history: ``stonith_admin --history HOST --output-as xml``;
+    a ``fence_event`` of that target with action off or reboot, status success,
+    completed no earlier than the departure.
+``confirm_command``
+    an operator command (``{host}`` is replaced; the departure time is in the
+    environment as ``GUESTFENCE_LEFT_AT``, Unix seconds); exit status 0 means fenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from guestfence.errors import ConfigError
+
+log = logging.getLogger("guestfenced")
+
+CONFIRM_TIMEOUT = 10.0
+# Pacemaker prints "completed" with one-second precision: a fence that finished in
+# the same second as the departure still counts (a host cannot rejoin and leave
+# again within one second: corosync needs several token rounds to admit it).
+CLOCK_GRACE = 1.0
+FENCING_ACTIONS = frozenset({"off", "reboot"})
+
+Confirmer = Callable[[str, float], bool]
+"""``confirmer(host, left_at)``: True only if ``host`` was fenced at or after ``left_at``."""
+
+
+def parse_pacemaker_time(text: str) -> float | None:
+    """Unix seconds of Pacemaker's ``2026-11-26 18:00:01 +00:00`` (fractions allowed)."""
+    match = re.fullmatch(r"\s*(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)(\.\d+)?\s*([+-]\d\d:?\d\d|Z)?\s*",
+                         text)
+    if match is None:
+        return None
+    stamp, fraction, zone = match.groups()
+    try:
+        when = datetime.fromisoformat(stamp.replace(" ", "T") + _zone(zone))
+    except ValueError:
+        return None
+    return when.timestamp() + (float(fraction) if fraction else 0.0)
+
+
+def _zone(zone: str | None) -> str:
+    if zone is None or zone == "Z":
+        return "+00:00"  # pacemaker always prints the zone; a bare stamp is read as UTC
+    return zone if ":" in zone else f"{zone[:3]}:{zone[3:]}"
+
+
+def fenced_since(history_xml: str, host: str, left_at: float) -> bool:
+    """Whether ``stonith_admin --history`` XML shows ``host`` fenced after ``left_at``."""
+    try:
+        root = ET.fromstring(history_xml)
+    except ET.ParseError as e:
+        log.warning("fencing history of %s is not XML: %s", host, e)
+        return False
+    for event in root.iter("fence_event"):
+        if (event.get("target") != host or event.get("status") != "success"
+                or event.get("action") not in FENCING_ACTIONS):
+            continue
+        completed = parse_pacemaker_time(event.get("completed", ""))
+        if completed is not None and completed >= left_at - CLOCK_GRACE:
+            return True
+    return False
+
+
+class StonithHistory:
+    """Confirms from Pacemaker's fencing history (run where Pacemaker's IPC is reachable)."""
+
+    def __init__(self, stonith_admin: str = "stonith_admin",
+                 timeout: float = CONFIRM_TIMEOUT) -> None:
+        self.argv0 = stonith_admin
+        self.timeout = timeout
+
+    def __call__(self, host: str, left_at: float) -> bool:
+        argv = [self.argv0, "--history", host, "--output-as", "xml"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
+                                  check=False, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("fencing confirmation for %s: %s failed: %s", host, argv[0], e)
+            return False
+        # stonith_admin exits non-zero (e.g. 105 "No such object") with no history at all
+        fenced = fenced_since(done.stdout, host, left_at)
+        log.info("fencing confirmation for %s from pacemaker's history: %s", host,
+                 "fenced" if fenced else f"not fenced since it left (rc {done.returncode})")
+        return fenced
+
+
+class ConfirmCommand:
+    """Confirms with an operator's command; exit status 0 means "fenced since it left"."""
+
+    def __init__(self, template: str, timeout: float = CONFIRM_TIMEOUT) -> None:
+        try:
+            self.argv = shlex.split(template)
+        except ValueError as e:
+            raise ConfigError(f"confirm_command {template!r}: {e}") from e
+        if not self.argv:
+            raise ConfigError("confirm_command is empty")
+        if not any("{host}" in arg for arg in self.argv):
+            raise ConfigError(f"confirm_command {template!r} does not name {{host}}")
+        self.timeout = timeout
+
+    def command(self, host: str) -> Sequence[str]:
+        return [arg.replace("{host}", host) for arg in self.argv]
+
+    def __call__(self, host: str, left_at: float) -> bool:
+        argv = self.command(host)
+        env = {**os.environ, "GUESTFENCE_LEFT_AT": f"{left_at:.3f}"}
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
+                                  check=False, stdin=subprocess.DEVNULL, env=env)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("fencing confirmation for %s: %s failed: %s", host, argv[0], e)
+            return False
+        log.info("fencing confirmation for %s by %s: rc %d (%s)", host, argv[0],
+                 done.returncode, "fenced" if done.returncode == 0 else "not fenced")
+        return done.returncode == 0

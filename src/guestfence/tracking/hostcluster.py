@@ -1,0 +1,375 @@
+"""Host-cluster mode: every guestfenced joins a corosync CPG group and tells where guests run.
+
+Each daemon announces its host's full domain list (name, UUID, state,
+migration role) when it joins, on every membership change and after every
+local lifecycle event, and forwards each lifecycle event at once. Every member
+feeds the same agreed-order stream into its :class:`LocationTable`, so all of
+them name the same owner for a guest within a CPG round trip of the event.
+
+Membership is corosync's: a member process is ``(nodeid, pid)``; its host
+name comes from its own announcements. When it leaves (``LEAVE``,
+``PROCDOWN``, ``NODEDOWN``) its listing is frozen: its guests are
+:class:`~guestfence.tracking.locations.OwnerGone` and the deterministic
+responder answers success only after :meth:`CpgTracker.confirm_fenced` has
+seen the host cluster fence that host *after* it left (unlike the C backend,
+which takes "left the group" for "dead").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from guestfence.errors import BackendError, ConfigError, ProtocolError
+from guestfence.tracking import cpgwire
+from guestfence.tracking.cpg import Address, CpgMember, OnConfchg, OnDeliver
+from guestfence.tracking.fenceconfirm import ConfirmCommand, Confirmer, StonithHistory
+from guestfence.tracking.localdomains import LocalDomains
+from guestfence.tracking.locations import (
+    Ambiguous,
+    Decision,
+    DomainState,
+    Kind,
+    LocationTable,
+    Migrating,
+    Owner,
+    OwnerGone,
+    Unknown,
+    acting_host,
+)
+from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
+
+if TYPE_CHECKING:
+    from guestfence.host.backends.libvirt import LibvirtBackend
+
+log = logging.getLogger("guestfenced")
+
+DEFAULT_GROUP = "guestfence"
+MALFORMED_LOG_INTERVAL = 10.0  # seconds between two log lines about bad messages
+FIRST_INVENTORY_TIMEOUT = 10.0
+
+
+class GroupTransport(Protocol):
+    """What the tracker needs of a CPG member (a fake one in the unit tests)."""
+
+    pid: int
+
+    @property
+    def nodeid(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    def send(self, payload: bytes) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+TransportFactory = Callable[[OnDeliver, OnConfchg, Callable[[], None], Callable[[], None]],
+                            GroupTransport]
+
+
+class DomainSource(Protocol):
+    """This host's domains (LocalDomains, or a fake in the unit tests)."""
+
+    generation: int
+
+    async def start(self, on_event: Callable[[str, str, Kind, str], None],
+                    on_lost: Callable[[], None]) -> None: ...
+
+    def listing(self) -> tuple[int, list[DomainState]]: ...
+
+    def close(self) -> None: ...
+
+
+def cpg_transport(group: str) -> TransportFactory:
+    def make(on_deliver: OnDeliver, on_confchg: OnConfchg, on_connected: Callable[[], None],
+             on_disconnected: Callable[[], None]) -> GroupTransport:
+        return CpgMember(group, on_deliver, on_confchg, on_connected, on_disconnected)
+    return make
+
+
+class CpgTracker:
+    mode: Mode = "cpg"
+
+    def __init__(self, me: str, transport: TransportFactory, source: DomainSource,
+                 confirm: Confirmer, executor: LibvirtBackend | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.me = me
+        self._make_transport = transport
+        self._source = source
+        self._confirm = confirm
+        self._executor = executor
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()  # the table is read from worker threads
+        self.table = LocationTable()
+        self._hosts: set[str] = set()
+        self._addr_host: dict[tuple[int, int], str] = {}
+        self._live: set[tuple[int, int]] = set()
+        self._left_at: dict[str, float] = {}  # wall clock, for the fencing history
+        self._fenced: set[str] = set()
+        self._seq = 0
+        self.malformed = 0
+        self._malformed_logged_at = -MALFORMED_LOG_INTERVAL
+        self._malformed_unlogged = 0
+        self._transport: GroupTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._announcing: asyncio.Task[None] | None = None
+        self._announce_again = False
+        self._own_announced = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._source.start(self._local_event, self.announce_soon)
+        self._transport = self._make_transport(self._deliver, self._confchg,
+                                               self.announce_soon, self._disconnected)
+        await self._transport.start()
+        try:
+            await asyncio.wait_for(self._own_announced.wait(), FIRST_INVENTORY_TIMEOUT)
+        except TimeoutError as e:
+            await self.stop()
+            raise BackendError("host cluster: our own first announcement did not come back "
+                               f"through CPG within {FIRST_INVENTORY_TIMEOUT:.0f} s") from e
+
+    async def stop(self) -> None:
+        task, self._announcing = self._announcing, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.stop()
+        self._source.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, message: cpgwire.Message) -> None:
+        if self._transport is not None:
+            self._transport.send(cpgwire.encode(message))
+
+    def _local_event(self, uuid: str, name: str, kind: Kind, detail: str) -> None:
+        self._send(cpgwire.LifecycleEvent(self.me, self._next_seq(), uuid, name, kind, detail))
+        self.announce_soon()
+
+    def announce_soon(self) -> None:
+        """Send a full announcement (coalesced: one listing at a time, then one more)."""
+        if self._loop is None:
+            return
+        if self._announcing is not None and not self._announcing.done():
+            self._announce_again = True
+            return
+        self._announcing = self._loop.create_task(self._announce())
+
+    async def _announce(self) -> None:
+        delay = 0.5
+        self._announce_again = True
+        while self._announce_again and self._transport is not None:
+            self._announce_again = False
+            try:
+                generation, domains = await asyncio.to_thread(self._source.listing)
+            except OSError as e:
+                log.error("host cluster: cannot list local domains: %s; retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._announce_again = True
+                continue
+            if generation != self._source.generation:
+                self._announce_again = True  # an event came in meanwhile: list again
+                continue
+            self._send(cpgwire.Announcement(self.me, self._next_seq(), tuple(domains)))
+
+    # ------------------------------------------------------------------ receiving
+
+    def _deliver(self, nodeid: int, pid: int, payload: bytes) -> None:
+        try:
+            message = cpgwire.decode(payload)
+        except ProtocolError as e:
+            self._malformed(nodeid, pid, str(e))
+            return
+        addr = (nodeid, pid)
+        now = self._clock()
+        with self._lock:
+            self._bind(addr, message.host, now)
+            if isinstance(message, cpgwire.Announcement):
+                domains = {d.uuid: d for d in message.domains}
+                self.table.announce(message.host, domains, now, message.seq)
+            else:
+                self.table.event(message.host, message.uuid, message.name, message.kind,
+                                 message.detail, now, message.seq)
+        own = self._transport is not None and addr == (self._transport.nodeid,
+                                                       self._transport.pid)
+        if own and isinstance(message, cpgwire.Announcement):
+            self._own_announced.set()
+
+    def _bind(self, addr: tuple[int, int], host: str, now: float) -> None:
+        known = self._addr_host.get(addr)
+        if known == host:
+            return
+        if known is not None:
+            log.error("host cluster: member %s renamed itself from %s to %s", addr, known,
+                      host)
+            self._forget_addr(addr, now)
+        others = [a for a, h in self._addr_host.items() if h == host and a in self._live]
+        if others:
+            log.error("host cluster: %s and %s both claim the host name %s; set distinct "
+                      "host_name values", others[0], addr, host)
+        self._addr_host[addr] = host
+        self._live.add(addr)
+        self._hosts.add(host)
+        if not self.table.is_member(host):
+            self.table.host_joined(host, now)
+            self._left_at.pop(host, None)
+            self._fenced.discard(host)
+            log.info("host cluster: %s (node %d pid %d) is a member", host, *addr)
+
+    def _forget_addr(self, addr: tuple[int, int], now: float) -> None:
+        self._live.discard(addr)
+        host = self._addr_host.pop(addr, None)
+        if host is None or host == self.me:
+            return
+        if any(h == host for a, h in self._addr_host.items() if a in self._live):
+            return  # another process of the same host name is still there
+        if self.table.is_member(host):
+            self.table.host_left(host, now)
+            self._left_at[host] = self._wall()
+            log.warning("host cluster: %s left the group; its guests are answered for only "
+                        "once the host cluster has fenced it", host)
+
+    def _confchg(self, members: list[Address], left: list[Address],
+                 joined: list[Address]) -> None:
+        now = self._clock()
+        with self._lock:
+            self._live = {(m.nodeid, m.pid) for m in members}
+            for a in left:
+                log.info("host cluster: member node %d pid %d left (%s)", a.nodeid, a.pid,
+                         a.reason)
+                self._forget_addr((a.nodeid, a.pid), now)
+            for addr in [a for a in self._addr_host if a not in self._live]:
+                self._forget_addr(addr, now)
+        if joined:
+            log.info("host cluster: joined: %s", ", ".join(
+                f"node {a.nodeid} pid {a.pid} ({a.reason})" for a in joined))
+        self.announce_soon()
+
+    def _disconnected(self) -> None:
+        """corosync went away: nobody else can be trusted to be alive; we keep our guests."""
+        now = self._clock()
+        with self._lock:
+            for addr in list(self._addr_host):
+                self._forget_addr(addr, now)
+
+    def _malformed(self, nodeid: int, pid: int, why: str) -> None:
+        self.malformed += 1
+        self._malformed_unlogged += 1
+        now = self._clock()
+        if now - self._malformed_logged_at >= MALFORMED_LOG_INTERVAL:
+            log.warning("host cluster: dropped %d malformed message(s), latest from node %d "
+                        "pid %d: %s", self._malformed_unlogged, nodeid, pid, why)
+            self._malformed_logged_at = now
+            self._malformed_unlogged = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def decide(self, target: str) -> Decision:
+        with self._lock:
+            return self.table.owner(target)
+
+    def members(self) -> list[str]:
+        with self._lock:
+            return self.table.members()
+
+    def confirm_fenced(self, host: str) -> bool:
+        """Ask the host cluster (blocking); a yes is remembered until the host rejoins."""
+        with self._lock:
+            if host in self._fenced:
+                return True
+            if self.table.is_member(host):
+                return False
+            left_at = self._left_at.get(host)
+        if left_at is None:
+            log.warning("host cluster: %s is not known to have left; not confirming", host)
+            return False
+        if not self._confirm(host, left_at):
+            return False
+        with self._lock:
+            if self.table.is_member(host) or self._left_at.get(host) != left_at:
+                return False  # it came back while we asked
+            self.table.host_fenced(host, self._clock())
+            self._fenced.add(host)
+        log.warning("host cluster: %s confirmed fenced; its guests count as off", host)
+        return True
+
+    def executor(self, host: str) -> LibvirtBackend | None:
+        return self._executor if host == self.me else None
+
+    def snapshot(self) -> TrackingSnapshot:
+        with self._lock:
+            uuids: dict[str, str] = {}
+            for host in self._hosts:
+                for u, (name, _state) in self.table.listing(host).items():
+                    uuids.setdefault(u, name)
+            guests = tuple(self._location(u, name) for u, name in sorted(uuids.items()))
+            departed = tuple(sorted(h for h in self._left_at if h not in self._fenced))
+            return TrackingSnapshot("cpg", self.me, tuple(self.table.members()), guests, 0,
+                                    departed)
+
+    def _location(self, uuid: str, name: str) -> GuestLocation:
+        d = self.table.owner(uuid)
+        host = acting_host(d)
+        state = -1
+        if host is not None:
+            state = self.table.listing(host).get(uuid, (name, -1))[1]
+        kinds: dict[type, str] = {Owner: "owner", Migrating: "migrating",
+                                  OwnerGone: "owner-gone", Ambiguous: "ambiguous",
+                                  Unknown: "unknown"}
+        return GuestLocation(name, uuid, host, state, kinds[type(d)])
+
+
+# ---------------------------------------------------------------------- factory
+
+
+def _setting(config: Any, name: str, default: Any) -> Any:
+    value = getattr(config, name, default)
+    return default if value is None else value
+
+
+def make_confirmer(config: Any) -> Confirmer:
+    """``fenced_confirm = "stonith-history"`` (default) or ``"command"`` + ``confirm_command``."""
+    mode = _setting(config, "fenced_confirm", "stonith-history")
+    command = _setting(config, "confirm_command", "")
+    if mode == "command":
+        if not command:
+            raise ConfigError('fenced_confirm = "command" needs confirm_command = "CMD {host}"')
+        return ConfirmCommand(str(command))
+    if mode != "stonith-history":
+        raise ConfigError(f'fenced_confirm = {mode!r}: expected "stonith-history" or "command"')
+    return StonithHistory()
+
+
+def make_tracker(config: Any) -> CpgTracker:
+    """The host-cluster tracker for guestfenced's ``backend = "cpg"`` configuration block."""
+    from guestfence.host.backends.libvirt import LibvirtBackend
+
+    uris: Sequence[str] = tuple(_setting(config, "uris", ()))
+    if not uris:
+        raise ConfigError("backends/cpg needs a 'uri' of the local libvirt")
+    me = str(_setting(config, "host_name", "") or socket.gethostname().split(".")[0])
+    group = str(_setting(config, "group", DEFAULT_GROUP))
+    executor = LibvirtBackend(uris, name_mode=_setting(config, "name_mode", "name"),
+                              claim_shut_off=_setting(config, "claim_shut_off", True))
+    return CpgTracker(me, cpg_transport(group), LocalDomains(uris), make_confirmer(config),
+                      executor)

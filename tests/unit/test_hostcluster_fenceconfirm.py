@@ -1,0 +1,94 @@
+"""Fencing confirmation: Pacemaker's history counts only a fence after the departure."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from guestfence.errors import ConfigError
+from guestfence.tracking.fenceconfirm import (
+    ConfirmCommand,
+    StonithHistory,
+    fenced_since,
+    parse_pacemaker_time,
+)
+from guestfence.tracking.hostcluster import make_confirmer
+
+LEFT = datetime(2026, 11, 26, 18, 30, 0, tzinfo=UTC).timestamp()
+
+
+def history(*events: str) -> str:
+    return ('<pacemaker-result api-version="2.30" request="stonith_admin --history host1 '
+            '--output-as xml"><fence_history>' + "".join(events)
+            + '</fence_history><status code="0" message="OK"/></pacemaker-result>')
+
+
+def event(completed: str, status: str = "success", action: str = "reboot",
+          target: str = "host1") -> str:
+    return (f'<fence_event action="{action}" target="{target}" client="stonith_admin.1" '
+            f'origin="host2" status="{status}" delegate="host3" completed="{completed}"/>')
+
+
+def test_pacemaker_times() -> None:
+    assert parse_pacemaker_time("2026-11-26 18:30:00 +00:00") == LEFT
+    assert parse_pacemaker_time("2026-11-26 19:30:00 +01:00") == LEFT
+    assert parse_pacemaker_time("2026-11-26 18:30:00.250000 +00:00") == LEFT + 0.25
+    assert parse_pacemaker_time("yesterday") is None
+    assert parse_pacemaker_time("2026-13-40 18:30:00 +00:00") is None
+
+
+@pytest.mark.parametrize(("xml", "fenced"), [
+    (history(event("2026-11-26 18:30:05 +00:00")), True),
+    (history(event("2026-11-26 18:30:05 +00:00", action="off")), True),
+    (history(event("2026-11-26 18:30:00 +00:00")), True),  # same second: one-second stamps
+    (history(event("2026-11-26 18:20:00 +00:00")), False),  # an old fence does not count
+    (history(event("2026-11-26 18:30:05 +00:00", status="failed")), False),
+    (history(event("2026-11-26 18:30:05 +00:00", status="pending")), False),
+    (history(event("2026-11-26 18:30:05 +00:00", action="on")), False),  # unfencing
+    (history(event("2026-11-26 18:30:05 +00:00", target="host10")), False),
+    (history(event("garbage")), False),
+    (history(), False),
+    ("not xml <", False),
+    ("", False),
+])
+def test_fenced_since(xml: str, fenced: bool) -> None:
+    assert fenced_since(xml, "host1", LEFT + 0.4) is fenced
+
+
+def test_stonith_history_runs_stonith_admin(tmp_path: object) -> None:
+    fake = f"{tmp_path}/stonith_admin"
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"--history host1 --output-as xml\" ] || exit 9\n"
+                f"cat <<'EOF'\n{history(event('2026-11-26 18:30:05 +00:00'))}\nEOF\n")
+    import os
+    os.chmod(fake, 0o755)
+    assert StonithHistory(fake)("host1", LEFT) is True
+    assert StonithHistory(fake)("host1", LEFT + 60) is False
+    assert StonithHistory("/nonexistent/stonith_admin")("host1", LEFT) is False
+
+
+def test_confirm_command() -> None:
+    check = ConfirmCommand(f"{sys.executable} -c 'import os,sys; "
+                           "sys.exit(0 if sys.argv[1] == \"host1\" and "
+                           "float(os.environ[\"GUESTFENCE_LEFT_AT\"]) > 0 else 1)' {host}")
+    assert check("host1", LEFT) is True
+    assert check("host2", LEFT) is False
+    slow = ConfirmCommand("sleep 5 {host}", timeout=0.2)
+    assert slow("host1", LEFT) is False
+    with pytest.raises(ConfigError, match="host"):
+        ConfirmCommand("true")
+    with pytest.raises(ConfigError):
+        ConfirmCommand("'unbalanced {host}")
+
+
+def test_confirmer_from_config() -> None:
+    assert isinstance(make_confirmer(SimpleNamespace(fenced_confirm="stonith-history",
+                                                     confirm_command=None)), StonithHistory)
+    cmd = make_confirmer(SimpleNamespace(fenced_confirm="command",
+                                         confirm_command="/bin/check {host}"))
+    assert isinstance(cmd, ConfirmCommand) and cmd.command("h") == ["/bin/check", "h"]
+    with pytest.raises(ConfigError, match="confirm_command"):
+        make_confirmer(SimpleNamespace(fenced_confirm="command", confirm_command=None))
