@@ -15,6 +15,7 @@ COMMAND_MODULES: dict[str, str] = {
     "check": "guestfence.check.cli",
     "storage-check": "guestfence.scsi.storagecheck_cli",
     "target": "guestfence.target.cli",
+    "keys": "guestfence.keys_cli",
     "status": "guestfence.status_cli",
     "install-agents": "guestfence.install_agents",
 }
