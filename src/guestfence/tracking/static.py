@@ -1,0 +1,161 @@
+"""Static mode: this host's libvirt, checked against a host -> guests map from the config.
+
+The seed's first mode: the map is the truth and live migration is not
+allowed. A daemon acts only for the guests the map gives its host and that
+its own libvirt shows; every other daemon stays silent for them. What the map
+does not allow is reported loudly and never acted on:
+
+* a guest found here that the map gives to another host (or to none), and a
+  live migration in or out: one WARNING line naming guest, host and mapped
+  host when it is first seen, a cumulative ``violations`` count in the
+  snapshot (exported as a metric), and every request for that guest fails;
+* a guest the map gives to this host that libvirt does not show: requests fail.
+
+``guestfence check --fence-virt-conf`` compares the same map with the
+placement it discovers (:mod:`guestfence.check.rules_static`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from guestfence.errors import BackendError
+from guestfence.tracking.libvirt_feed import HostFeed
+from guestfence.tracking.locations import (
+    Ambiguous,
+    Decision,
+    LocationTable,
+    Owner,
+    StaticMap,
+    Violation,
+    acting_host,
+)
+from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
+
+if TYPE_CHECKING:
+    from guestfence.host.backends.libvirt import LibvirtBackend
+    from guestfence.host.backends.tracked import Role
+    from guestfence.host.config import BackendConfig
+
+log = logging.getLogger("guestfenced")
+
+
+def decision_kind(decision: Decision) -> str:
+    """The snapshot's word for a decision."""
+    return {"Owner": "owner", "Migrating": "migrating", "OwnerGone": "owner-gone",
+            "Ambiguous": "ambiguous", "Unknown": "unknown"}[type(decision).__name__]
+
+
+class StaticTracker:
+    mode: Mode = "static"
+
+    def __init__(self, me: str, uri: str, mapping: dict[str, tuple[str, ...]],
+                 name_mode: str = "name") -> None:
+        self.me = me
+        self.uri = uri
+        self.name_mode = name_mode
+        self.map = StaticMap(mapping)
+        self._mapping = mapping
+        self._lock = threading.Lock()
+        self._table = LocationTable()
+        self._feed = HostFeed(me, uri, self._table, self._lock, self._check)
+        self._executor: LibvirtBackend | None = None
+        self._seen: set[tuple[str, str, str]] = set()  # violations being reported now
+        self.violations = 0
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> StaticTracker:
+        from guestfence.host.config_modes import short_hostname
+
+        return cls(config.host_name or short_hostname(), config.uris[0],
+                   dict(config.static_map), config.name_mode)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        from guestfence.host.backends.libvirt import LibvirtBackend
+
+        self._executor = await asyncio.to_thread(LibvirtBackend, [self.uri])
+        await self._feed.start()
+        if not self._feed.connected:
+            await self.stop()
+            raise BackendError(f"static mode: {self._feed.last_error}")
+        mine = ", ".join(self._mapping.get(self.me, ())) or "none"
+        log.info("static mode: this host is %s; its guests by the map: %s", self.me, mine)
+
+    async def stop(self) -> None:
+        await self._feed.stop()
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    # ------------------------------------------------------------------ reporting
+
+    def _check(self, _host: str) -> None:
+        """After every change: report violations not reported yet (called on the loop)."""
+        with self._lock:
+            found = self.map.check(self._table)
+        now = {(v.kind, v.guest.casefold(), v.host) for v in found}
+        for v in found:
+            key = (v.kind, v.guest.casefold(), v.host)
+            if key not in self._seen:
+                self.violations += 1
+                self._report(v)
+        self._seen = now
+
+    def _report(self, v: Violation) -> None:
+        mapped = ", ".join(v.mapped_to) or "no host"
+        if v.kind == "migrating":
+            log.warning("static map violation: guest %s in a live migration on %s (mapped to "
+                        "%s); static mode does not allow migration: its requests fail",
+                        v.guest, v.host, mapped)
+        elif v.kind == "unmapped":
+            log.warning("static map violation: guest %s runs on host %s, mapped to %s; its "
+                        "requests fail", v.guest, v.host, mapped)
+        else:
+            log.warning("static map violation: %s", v.detail)
+
+    # ------------------------------------------------------------------ Tracker queries
+
+    def decide(self, target: str) -> Decision:
+        with self._lock:
+            return self.map.decide(self._table, target)
+
+    def members(self) -> list[str]:
+        return [self.me] if self._feed.connected else []
+
+    def confirm_fenced(self, host: str) -> bool:
+        return False  # no host cluster in static mode: nobody fences hosts for us
+
+    def executor(self, host: str) -> LibvirtBackend | None:
+        return self._executor if host == self.me else None
+
+    def role_for(self, target: str, decision: Decision, members: list[str]) -> Role:
+        """Execute for our own guests; answer (fail) for a guest the map gives us or that
+        is here against the map; silent for the other hosts' guests."""
+        if self.me not in members:
+            return "answer" if self._mapped_here(target, decision) else "silent"
+        if isinstance(decision, Owner):
+            return "execute" if decision.host == self.me else "silent"
+        if isinstance(decision, Ambiguous) and self.me in decision.hosts:
+            return "answer"
+        return "answer" if self._mapped_here(target, decision) else "silent"
+
+    def _mapped_here(self, target: str, decision: Decision) -> bool:
+        uuid = getattr(decision, "uuid", None)
+        name = getattr(decision, "name", target)
+        return self.me in self.map.mapped_hosts(name, uuid) | self.map.mapped_hosts(target)
+
+    def snapshot(self) -> TrackingSnapshot:
+        with self._lock:
+            listing = self._table.listing(self.me)
+            guests = []
+            for uuid, (name, state) in sorted(listing.items(), key=lambda kv: kv[1][0]):
+                d = self.map.decide(self._table, uuid)
+                guests.append(GuestLocation(name, uuid, acting_host(d), state,
+                                            decision_kind(d)))
+        return TrackingSnapshot(self.mode, self.me, tuple(self.members()), tuple(guests),
+                                self.violations)
