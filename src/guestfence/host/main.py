@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from guestfence.errors import BackendError, ConfigError, GuestfenceError, KeyFileError
+from guestfence.host import sdnotify
 from guestfence.host.acl import AccessMap
 from guestfence.host.admin import DEFAULT_ADMIN_SOCKET, socket_path_problem
 from guestfence.host.backends.tracked import TrackedBackend
@@ -287,6 +288,8 @@ async def serve(config: Config, wait: bool) -> int:
             if not wait:
                 raise
             log.error("%s; retrying in %.0f s", e, INIT_RETRY_SECONDS)
+            # -w: systemd may go on booting; the status says what is awaited
+            sdnotify.notify("READY=1", f"STATUS=waiting for the backend: {e}")
             await asyncio.sleep(INIT_RETRY_SECONDS)
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -305,6 +308,7 @@ async def serve(config: Config, wait: bool) -> int:
                 raise GuestfenceError(f"cannot start the {config.listener!r} listener: {e}") \
                     from e
             log.error("listener start failed: %s; retrying in %.0f s", e, INIT_RETRY_SECONDS)
+            sdnotify.notify("READY=1", f"STATUS=waiting for the listener: {e}")
             await asyncio.sleep(INIT_RETRY_SECONDS)
     try:
         operations = await start_operations(config, service)
@@ -321,7 +325,11 @@ async def serve(config: Config, wait: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_keys.set)
     key_watch = asyncio.ensure_future(watch_keys(service, config, reload_keys))
+    # only now: systemd may send SIGTERM as soon as it hears READY
+    sdnotify.notify("READY=1", f"STATUS=serving ({config.backend.name}: "
+                    f"{', '.join(config.backend.uris)})")
     await stop.wait()
+    sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing the requests in flight")
     key_watch.cancel()
     log.info("stopping: finishing %d request(s) in flight", service.in_flight())
     await operations.stop()
