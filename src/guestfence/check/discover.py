@@ -540,6 +540,7 @@ class _Merger:
             fence_virtd_mode=target.fence_virtd_mode if target is not None else None,
             key_file=key_file,
             origin=target.origin if target is not None else Origin(cib.source),
+            key_fingerprint=target.key_fingerprint if target is not None else None,
         )
         return merged, target, dropped
 

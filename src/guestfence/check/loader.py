@@ -22,6 +22,7 @@ from guestfence.check.model import (
     GuestCluster,
     Host,
     HypervisorKind,
+    KeyBinding,
     Origin,
     Storage,
     Topology,
@@ -40,6 +41,7 @@ class TopologyError(ConfigError):
 _UNITS = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024,
           "t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024}
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_FINGERPRINT = re.compile(r"(?:sha256:)?([0-9a-fA-F]{16,64})")
 
 
 def parse_memory_mib(text: str) -> int:
@@ -147,7 +149,8 @@ class _Reader:
 
     def host(self, node: yaml.Node, field: str) -> Host:
         m = self.mapping(node, field, ("name", "hypervisor", "version", "cpus", "memory",
-                                       "host_cluster", "fence_virtd"), required=("name",))
+                                       "host_cluster", "fence_virtd", "key_bindings"),
+                         required=("name",))
         kind: HypervisorKind | None = None
         if "hypervisor" in m:
             kind = self.choice(m["hypervisor"], f"{field}.hypervisor", HYPERVISOR_KINDS)
@@ -162,7 +165,41 @@ class _Reader:
             fence_virtd=self.boolean(m["fence_virtd"], f"{field}.fence_virtd")
             if "fence_virtd" in m else None,
             origin=self.origin(node),
+            key_bindings=tuple(
+                self.key_binding(b, f"{field}.key_bindings[{i}]") for i, b in
+                enumerate(self.sequence(m["key_bindings"], f"{field}.key_bindings")
+                          if "key_bindings" in m else [])),
         )
+
+    def key_ref(self, node: yaml.Node, field: str) -> tuple[str | None, str | None]:
+        """``key: {fingerprint: ...}`` and/or ``{file: ...}`` -> (fingerprint, file)."""
+        m = self.mapping(node, field, ("fingerprint", "file"))
+        if not m:
+            raise self.fail(node, field, "fingerprint: (as 'guestfence keys fingerprint' "
+                            "prints it) or file:", "neither")
+        fp = None
+        if "fingerprint" in m:
+            raw = self.text(m["fingerprint"], f"{field}.fingerprint")
+            found = _FINGERPRINT.fullmatch(raw)
+            if found is None:
+                raise self.fail(m["fingerprint"], f"{field}.fingerprint",
+                                "16 or more hex digits (guestfence keys fingerprint FILE)",
+                                repr(raw))
+            fp = found.group(1)[:16].lower()
+        path = self.text(m["file"], f"{field}.file") if "file" in m else None
+        return fp, path
+
+    def key_binding(self, node: yaml.Node, field: str) -> KeyBinding:
+        m = self.mapping(node, field, ("cluster", "key", "guests"),
+                         required=("cluster", "key", "guests"))
+        fp, path = self.key_ref(m["key"], f"{field}.key")
+        guests = tuple(self.text(g, f"{field}.guests[{i}]") for i, g in
+                       enumerate(self.sequence(m["guests"], f"{field}.guests")))
+        if not guests:
+            raise self.fail(m["guests"], f"{field}.guests",
+                            "the guest names or patterns this key may fence", "none")
+        return KeyBinding(self.text(m["cluster"], f"{field}.cluster"), guests, fp, path,
+                          self.origin(node))
 
     def guest(self, node: yaml.Node, field: str, member: bool) -> Guest:
         keys = ("name", "host", "vcpus", "memory", "os") + (("bare_metal",) if member else ())
@@ -210,8 +247,16 @@ class _Reader:
 
     def cluster(self, node: yaml.Node, field: str) -> GuestCluster:
         m = self.mapping(node, field, ("name", "os", "members", "fence_agents", "storage",
-                                       "fence_virtd_mode", "key_file"),
+                                       "fence_virtd_mode", "key_file", "key"),
                          required=("name", "members"))
+        fingerprint, key_file = self.key_ref(m["key"], f"{field}.key") if "key" in m \
+            else (None, None)
+        if "key_file" in m:
+            stated = self.text(m["key_file"], f"{field}.key_file")
+            if key_file is not None and key_file != stated:
+                raise self.fail(m["key"], f"{field}.key.file", f"the key_file {stated}",
+                                repr(key_file))
+            key_file = stated
         agents = []
         for i, a in enumerate(self.sequence(m["fence_agents"], f"{field}.fence_agents")
                               if "fence_agents" in m else []):
@@ -233,8 +278,9 @@ class _Reader:
                           enumerate(self.sequence(m["storage"], f"{field}.storage")
                                     if "storage" in m else [])),
             fence_virtd_mode=mode,
-            key_file=self.text(m["key_file"], f"{field}.key_file") if "key_file" in m else None,
+            key_file=key_file,
             origin=self.origin(node),
+            key_fingerprint=fingerprint,
         )
 
     def topology(self, root: yaml.Node) -> Topology:

@@ -82,6 +82,18 @@ def parse_version(text: str) -> Version:
 
 
 @dataclass(frozen=True)
+class KeyBinding:
+    """One key of a host's guestfenced (its clusters block): whose it is, which guests it
+    may fence (names or fnmatch patterns). The key is named by fingerprint or file."""
+
+    cluster: str
+    guests: tuple[str, ...]
+    fingerprint: str | None = None
+    key_file: str | None = None
+    origin: Origin = field(default=Origin("?"), compare=False)
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     hypervisor: HypervisorKind | None = None
@@ -91,6 +103,8 @@ class Host:
     host_cluster: str | None = None  # name of the host cluster this host belongs to
     fence_virtd: bool | None = None  # runs fence_virtd / guestfenced
     origin: Origin = field(default=Origin("?"), compare=False)
+    # guestfenced's per-cluster keys on this host; empty: not stated (or one shared key)
+    key_bindings: tuple[KeyBinding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,7 @@ class GuestCluster:
     fence_virtd_mode: FenceVirtdMode | None = None
     key_file: str | None = None  # the fence_xvm key this cluster uses, if known
     origin: Origin = field(default=Origin("?"), compare=False)
+    key_fingerprint: str | None = None  # the same key by fingerprint (guestfence keys)
 
     def member_os(self, member: Guest) -> Version | None:
         return member.os or self.os

@@ -4,7 +4,8 @@ The seed is the guest-cluster chapter of Red Hat's virtualization support
 document (section 7.2); each rule quotes the sentence it comes from. The rules
 live in rules_versions.py (platforms, host releases), rules_guests.py (guest
 OS), rules_fencing.py (agents and host daemons), rules_storage.py (fence_scsi
-and iSCSI) and rules_placement.py (placement, quorum, capacity); the decisions
+and iSCSI), rules_placement.py (placement, quorum, capacity) and rules_keys.py
+(clusters sharing hosts, kept apart by guestfence's per-cluster keys); the decisions
 each module took where the seed leaves a choice are in its docstring.
 
 Each entry's comment gives the severity of a violation and what fires it (a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from guestfence.check import rules_fencing as fencing
 from guestfence.check import rules_guests as guests
+from guestfence.check import rules_keys as keys
 from guestfence.check import rules_placement as placement
 from guestfence.check import rules_storage as storage
 from guestfence.check import rules_versions as versions
@@ -71,6 +73,7 @@ RULES: tuple[Rule, ...] = (
     placement.TWO_NODE_QUORUM,              # info: two-node cluster needs two_node / qdevice
     placement.ONE_TO_ONE,                   # warning: several members on one host
     placement.SHARED_HOSTS_XVM,             # error: fence_xvm clusters sharing hosts
+    keys.SHARED_HOSTS_KEYS,                 # info: ... kept apart by per-cluster keys
     placement.NONCLUSTERED_GUESTS_FENCED,   # warning: other guests on host-cluster hosts
     placement.OVERCOMMIT_MEMORY,            # warning: guests' memory above the host's
     placement.OVERCOMMIT_VCPU,              # warning: guests' vCPUs above the host's CPUs

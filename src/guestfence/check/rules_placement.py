@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from guestfence.check.impact import cluster_impact
 from guestfence.check.model import Finding, Topology
 from guestfence.check.rules_common import ClusterView, Layout, Rule, layout, names, plural
+from guestfence.check.rules_keys import isolation_problems
 
 QUORUM_FIX = ("configure two_node (cman `two_node=\"1\"`, corosync votequorum `two_node: 1`) "
               "or a quorum device (qdevice / qdiskd)")
@@ -140,16 +141,28 @@ def shared_hosts_xvm(topology: Topology) -> Iterator[Finding]:
             for b in xvm:
                 if b is not a:
                     shared.setdefault(a.index, {}).setdefault(b.index, []).append(host)
-    for i, peers in sorted(shared.items()):
-        a, others = lay.clusters[i], [lay.clusters[j] for j in sorted(peers)]
+    for i, all_peers in sorted(shared.items()):
+        a = lay.clusters[i]
+        # guestfence's per-cluster keys lift the limit (rules_keys.py: SHARED-HOSTS-KEYS)
+        problems = {j: isolation_problems(lay, a, lay.clusters[j], hosts)
+                    for j, hosts in all_peers.items()}
+        peers = {j: hosts for j, hosts in all_peers.items() if problems[j]}
+        if not peers:
+            continue
+        others = [lay.clusters[j] for j in sorted(peers)]
+        stated = any(h.key_bindings for h in lay.hosts.values())
+        why = names(p for j in sorted(peers) for p in problems[j]) if stated else \
+            _keys(a, others)
         yield SHARED_HOSTS_XVM.finding(
             f"cluster {a.name} shares hosts with "
             + names(f"{b.name} (on {names(peers[b.index], 4)})" for b in others)
-            + f", and all of them fence with fence_xvm/fence_virt; {_keys(a, others)}",
+            + f", and all of them fence with fence_xvm/fence_virt; {why}",
             f"run {a.name} on hosts of its own, or fence it and its neighbours with fence_scsi "
-            "on iSCSI storage. If they must share hosts, run one fence_virtd/guestfenced "
-            "instance per cluster, each with its own key_file and port, and a groups map: "
-            "with one shared key, one cluster can fence the other's guests",
+            "on iSCSI storage. If they must share hosts, give each cluster its own key bound "
+            "to its own guests in guestfenced's clusters block (state it with key: and "
+            "key_bindings:, docs/topology.md), or run one fence_virtd instance per cluster, "
+            "each with its own key_file and port, and a groups map: with one shared key, one "
+            "cluster can fence the other's guests",
             cluster=a.name, hosts=dict.fromkeys(h for hs in peers.values() for h in hs),
             origin=a.cluster.origin)
 
