@@ -36,6 +36,7 @@ def test_pacemaker_times() -> None:
     assert parse_pacemaker_time("2026-11-26 18:30:00 +00:00") == LEFT
     assert parse_pacemaker_time("2026-11-26 19:30:00 +01:00") == LEFT
     assert parse_pacemaker_time("2026-11-26 18:30:00.250000 +00:00") == LEFT + 0.25
+    assert parse_pacemaker_time("2026-11-26 18:30:00Z") == LEFT  # pacemaker 2.1.5 prints this
     assert parse_pacemaker_time("yesterday") is None
     assert parse_pacemaker_time("2026-13-40 18:30:00 +00:00") is None
 

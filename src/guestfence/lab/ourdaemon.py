@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from guestfence.lab.cluster import ClusterNode
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
@@ -32,7 +33,7 @@ class OurDaemon(StartStop):
     def __init__(
         self,
         config: str | os.PathLike[str],
-        namespace: Namespace | None = None,
+        namespace: Namespace | ClusterNode | None = None,
         pidfile: str | os.PathLike[str] | None = None,
         debug: int = 0,
         extra_args: Sequence[str] = (),
@@ -155,12 +156,20 @@ def daemon_config_text(
     auth: str = "sha256",
     groups: Sequence[tuple[Sequence[str], Sequence[str]]] = (),
     claim_shut_off: bool = True,
+    backend: str = "libvirt",
+    host_name: str | None = None,
+    hosts: Sequence[tuple[str, str]] = (),
+    static_map: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> str:
-    """A fence_virt.conf that both guestfenced and fence_virtd read."""
+    """A fence_virt.conf that both guestfenced and fence_virtd read.
+
+    guestfence's tracked modes: ``backend="static"`` (``uris[0]``, ``host_name``,
+    ``static_map`` host -> guests) and ``backend="multi-libvirt"`` (``hosts`` host ->
+    URI, optional ``host_name``); fence_virtd knows neither."""
     lines = [
         "fence_virtd {",
         f'\tlistener = "{listener}";',
-        '\tbackend = "libvirt";',
+        f'\tbackend = "{backend}";',
         "}",
         "listeners {",
         f"\t{listener} {{",
@@ -175,8 +184,16 @@ def daemon_config_text(
         lines.append(f'\t\taddress = "{address}";')
     if interface and listener == "multicast":
         lines.append(f'\t\tinterface = "{interface}";')
-    lines += ["\t}", "}", "backends {", "\tlibvirt {"]
-    lines += [f'\t\t{"uri" if i == 0 else f"uri{i}"} = "{u}";' for i, u in enumerate(uris)]
+    lines += ["\t}", "}", "backends {", f"\t{backend} {{"]
+    if backend != "multi-libvirt":
+        lines += [f'\t\t{"uri" if i == 0 else f"uri{i}"} = "{u}";' for i, u in enumerate(uris)]
+    if host_name is not None:
+        lines.append(f'\t\thost_name = "{host_name}";')
+    if hosts:
+        lines += ["\t\thosts {", *(f'\t\t\t{h} = "{u}";' for h, u in hosts), "\t\t}"]
+    if static_map:
+        lines += ["\t\tmap {", *(f'\t\t\t{h} = "{" ".join(g)}";' for h, g in static_map),
+                  "\t\t}"]
     if not claim_shut_off:  # guestfence only; fence_virtd would warn about an unknown key
         lines.append('\t\tclaim_shut_off = "no";')
     lines += ["\t}", "}"]

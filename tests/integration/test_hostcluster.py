@@ -1,0 +1,265 @@
+"""Host-cluster mode on a real corosync + pacemaker host cluster with real QEMU guests.
+
+Three hosts, each a network namespace with its own libvirtd (diskless TCG
+guests), corosync and pacemaker (lab.cluster) and guestfenced with
+``backend = "cpg"`` started inside the node's network and mount namespaces (a
+CPG client must share both with corosync). fence_xvm runs in a fourth
+namespace on the same LAN.
+
+The host cluster's fencing is manual so the test decides when a host counts as
+fenced: ``stonith-enabled=false`` (the scheduler fences nobody by itself) and a
+fence_dummy device registered with the fencers of the survivors; the test runs
+``stonith_admin --fence`` itself after asserting that requests fail, and checks
+the fence in Pacemaker's history.
+
+One cluster serves the scenarios in order (module fixture): the migration
+leaves every host up, then host1 dies, then host3 is cut off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guestfence.lab import cluster as clusterlab
+from guestfence.lab import libvirtd as libvirtlab
+from guestfence.lab.cfence import write_key
+from guestfence.lab.cluster import Cluster
+from guestfence.lab.libvirtd import LibvirtLab, pid_alive
+from guestfence.lab.netns import Lan, build_lan, run_prefix
+from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text, venv_tool
+
+pytestmark = pytest.mark.integration
+
+HOSTS = ("host1", "host2", "host3")
+GUESTS = {"mig1": "host1", "dies1": "host1", "cut3": "host3"}
+FENCE_DUMMY = "/usr/sbin/fence_dummy"
+TOKEN_MS = 1000
+
+
+@dataclass
+class HostCluster:
+    lan: Lan
+    cluster: Cluster
+    key: Path
+    scratch: Path
+    group: str
+    labs: dict[str, LibvirtLab] = field(default_factory=dict)
+    daemons: dict[str, OurDaemon] = field(default_factory=dict)
+
+    def agent(self, action: str, vm: str, timeout: int = 5) -> tuple[int, str]:
+        r = self.lan["guest"].run([venv_tool("fence_xvm"), "-k", str(self.key), "-o", action,
+                                   "-H", vm, "-t", str(timeout)],
+                                  capture_output=True, text=True, timeout=60)
+        return r.returncode, (r.stdout + r.stderr).strip()
+
+    def answers(self, vm: str) -> dict[str, list[str]]:
+        """Each daemon's request log lines for ``vm`` (a silent daemon logs none)."""
+        return {h: [x for x in d.request_lines() if f"target={vm} " in x]
+                for h, d in self.daemons.items()}
+
+    def counts(self, vm: str) -> dict[str, int]:
+        return {h: len(lines) for h, lines in self.answers(vm).items()}
+
+    def start_daemon(self, host: str) -> OurDaemon:
+        conf = self.scratch / f"{host}.conf"
+        text = daemon_config_text(str(self.key), [self.labs[host].uri], interface="eth0")
+        text = text.replace('backend = "libvirt"', 'backend = "cpg"').replace(
+            "\tlibvirt {", f'\tcpg {{\n\t\thost_name = "{host}";\n\t\tgroup = "{self.group}";')
+        conf.write_text(text)
+        conf.chmod(0o600)
+        daemon = OurDaemon(conf, namespace=self.cluster.node(host), debug=1)
+        self.daemons[host] = daemon
+        return daemon.start(timeout=60)
+
+    def fence(self, victim: str, by: str) -> None:
+        done = self.cluster.node(by).run(["stonith_admin", "--fence", victim, "--timeout", "60"],
+                                         timeout=90)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def fenced_in_history(self, victim: str, by: str) -> bool:
+        done = self.cluster.node(by).run(["stonith_admin", "--history", victim,
+                                          "--output-as", "xml"])
+        root = ET.fromstring(done.stdout)
+        return any(e.get("target") == victim and e.get("status") == "success"
+                   and e.get("action") in ("off", "reboot") for e in root.iter("fence_event"))
+
+    def wait_left(self, seen_by: str, gone: str, timeout: float = 30.0) -> None:
+        self.daemons[seen_by].wait_for_log(f"host cluster: {gone} left the group", timeout)
+
+
+def _missing() -> list[str]:
+    problems = libvirtlab.missing_tools() + clusterlab.missing_tools(pacemaker=True)
+    if not Path(FENCE_DUMMY).exists():
+        problems.append(f"{FENCE_DUMMY} (Debian package fence-agents)")
+    return problems
+
+
+def until(what: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def hc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
+    problems = _missing()
+    if problems:
+        pytest.fail("the host-cluster test needs: " + "; ".join(problems), pytrace=False)
+    scratch = tmp_path_factory.mktemp("hostcluster")
+    prefix = run_prefix()
+    lan = build_lan(prefix, [*HOSTS, "guest"], subnet="10.231.63", subnet6=None)
+    status = scratch / "fence_dummy.status"
+    status.write_text("on")  # fence_dummy: "on" and no newline
+    cluster = Cluster(scratch / "cluster", {h: lan[h] for h in HOSTS}, token_ms=TOKEN_MS,
+                      crm_config={"dc-deadtime": "2s", "stonith-enabled": "false"})
+    env = HostCluster(lan, cluster, write_key(scratch / "fence_xvm.key"), scratch,
+                      group=f"{prefix}gf")
+    try:
+        cluster.start()
+        for host in HOSTS:
+            env.labs[host] = LibvirtLab(scratch / f"libvirt-{host}", lan[host]).start()
+        for vm, host in GUESTS.items():
+            env.labs[host].define_and_start(vm, memory_mib=32)
+        for host in ("host2", "host3"):  # the survivors' fencers can fence any host
+            reg = cluster.node(host).run([
+                "stonith_admin", "--register", "hostfence", "--agent", "fence_dummy",
+                "--option", "type=file", "--option", f"status_file={status}",
+                "--option", "pcmk_host_list=host1 host2 host3"])
+            assert reg.returncode == 0, reg.stdout + reg.stderr
+        for host in HOSTS:
+            env.start_daemon(host)
+        for vm in GUESTS:  # every daemon has heard every announcement
+            until(f"{vm} answered", lambda vm=vm: env.agent("status", vm)[0] == 0)
+        yield env
+    finally:
+        try:
+            for daemon in env.daemons.values():
+                daemon.stop()
+            for host, lab in env.labs.items():
+                try:
+                    lab.stop()
+                except Exception as e:  # keep cleaning up
+                    print(f"{host}: libvirt lab stop: {e}")
+            cluster.stop()
+        finally:
+            lan.destroy()
+
+
+def _print_logs(env: HostCluster) -> None:
+    for host, daemon in env.daemons.items():
+        print(f"--- guestfenced {host}\n{daemon.log_text()[-6000:]}")
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(hc: HostCluster, request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or rep.failed:
+        _print_logs(hc)
+
+
+def test_owner_answers_alone_and_every_member_knows_it(hc: HostCluster) -> None:
+    for vm, owner in GUESTS.items():
+        before = hc.counts(vm)
+        for _ in range(3):
+            assert hc.agent("status", vm) == (0, "Status: ON")
+        after = hc.counts(vm)
+        assert {h: after[h] - before[h] for h in HOSTS} == {
+            h: 3 if h == owner else 0 for h in HOSTS}
+
+
+def test_live_migration_answered_by_exactly_one_host(hc: HostCluster) -> None:
+    vm = "mig1"
+    src, dst = hc.labs["host1"], hc.labs["host2"]
+    if not hasattr(src, "migrate"):
+        pytest.fail("LibvirtLab.migrate (live migration in the lab) is missing", pytrace=False)
+    old_pid = src.qemu_pid(vm)
+    assert old_pid is not None
+    before = hc.counts(vm)
+    results: list[tuple[int, str]] = []
+    migrated = threading.Event()
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            src.migrate(vm, dst)  # type: ignore[attr-defined]
+        except BaseException as e:  # reported below
+            errors.append(e)
+        finally:
+            migrated.set()
+
+    mover = threading.Thread(target=migrate)
+    mover.start()
+    while not migrated.is_set():  # status requests during the migration
+        results.append(hc.agent("status", vm))
+    mover.join()
+    assert not errors, errors
+    results += [hc.agent("status", vm) for _ in range(2)]  # right after
+    assert results and all(r == (0, "Status: ON") for r in results), results
+    after = hc.counts(vm)
+    answered = sum(after[h] - before[h] for h in HOSTS)
+    assert answered == len(results), (after, before, results)  # one answer per request
+    assert after["host3"] == before["host3"]
+    assert after["host2"] - before["host2"] >= 2  # at least the ones right after: new owner
+
+    new_pid = dst.qemu_pid(vm)
+    assert new_pid is not None
+    before = hc.counts(vm)
+    assert hc.agent("off", vm, timeout=20) == (0, "")
+    after = hc.counts(vm)
+    assert {h: after[h] - before[h] for h in HOSTS} == {"host1": 0, "host2": 1, "host3": 0}
+    assert not pid_alive(new_pid) and not pid_alive(old_pid)
+    assert src.qemu_pids(vm) == [] and dst.qemu_pids(vm) == []
+    assert hc.agent("status", vm) == (2, "Status: OFF")
+
+
+def test_dead_owner_fails_until_the_host_cluster_fenced_it(hc: HostCluster) -> None:
+    vm = "dies1"
+    node1 = hc.cluster.node("host1")
+    node1.kill_stack()  # corosync, pacemaker and guestfenced (all in host1's namespaces)
+    hc.labs["host1"].stop()  # libvirtd and its qemu: the whole host is dead
+    hc.wait_left("host2", "host1")
+    hc.wait_left("host3", "host1")
+    assert not hc.fenced_in_history("host1", by="host2")
+    before = hc.counts(vm)
+    assert hc.agent("off", vm)[0] == 1  # not fenced yet: fail, never "already off"
+    assert hc.agent("status", vm)[0] == 1
+    after = hc.counts(vm)
+    # the deterministic responder (lowest live name) answers; the other stays silent
+    assert (after["host2"] - before["host2"], after["host3"] - before["host3"]) == (2, 0)
+    assert all("outcome=success" not in x for x in hc.answers(vm)["host2"])
+
+    hc.fence("host1", by="host2")
+    assert hc.fenced_in_history("host1", by="host3")
+    assert hc.agent("off", vm) == (0, "")
+    assert hc.agent("status", vm) == (2, "Status: OFF")
+    assert hc.counts(vm)["host3"] == before["host3"]
+
+
+def test_partitioned_owner_is_never_reported_fenced_before_it_is(hc: HostCluster) -> None:
+    vm = "cut3"
+    pid = hc.labs["host3"].qemu_pid(vm)
+    assert pid is not None
+    hc.lan.bridge.ip("link", "set", "veth3", "down")  # host3 is the third LAN member
+    hc.wait_left("host2", "host3")
+    assert pid_alive(pid)  # the guest still runs behind the partition
+    before = hc.counts(vm)
+    for _ in range(3):
+        assert hc.agent("off", vm)[0] == 1
+    assert hc.agent("status", vm)[0] == 1
+    lines = hc.answers(vm)["host2"][before["host2"]:]
+    assert len(lines) == 4 and all("outcome=success" not in x for x in lines), lines
+
+    hc.fence("host3", by="host2")  # without quorum: the fencer still obeys
+    assert hc.fenced_in_history("host3", by="host2")
+    assert hc.agent("off", vm) == (0, "")
+
