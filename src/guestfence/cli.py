@@ -18,6 +18,7 @@ COMMAND_MODULES: dict[str, str] = {
     "keys": "guestfence.keys_cli",
     "status": "guestfence.status_cli",
     "install-agents": "guestfence.install_agents",
+    "lab": "guestfence.lab.cli",
 }
 
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from guestfence import __version__
 
     p.add_argument("-V", "--version", action="version", version=f"guestfence {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     demo = sub.add_parser(
         "demo",
@@ -54,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     manpages = sub.add_parser(
         "manpages",
-        help="write the agents' man pages (section 8) into a directory",
-        description="Render fence_xvm(8) and fence_virt(8) from the agents' metadata.",
+        help="write every man page into a directory (default: man)",
+        description="Render the agents' pages (fence_xvm(8), ...) from their metadata, and "
+        "guestfenced(8) and guestfence(1) from their command-line parsers.",
     )
     manpages.add_argument("directory", nargs="?", default="man")
 

@@ -1,0 +1,396 @@
+"""A guest cluster in a box: pacemaker fencing through guestfence, on one machine.
+
+Layout (one LAN, one network namespace each)::
+
+    node1 node2 node3   the guest cluster: corosync + pacemaker (lab.cluster), our agents
+                        in their private /usr/sbin, hostname = node name
+    host1 host2         the hypervisors: one guestfenced each on a libvirt test-driver
+                        node whose domains are the cluster nodes (host1: node1, node2;
+                        host2: node3); multicast on eth0, as on a real host
+    storage             our PR-complete iSCSI target with the shared LUN
+
+The guest's power state lives in its host daemon's libvirt connection (the test
+driver keeps state per connection), so the lab asks the daemon, over the real
+protocol with our fence_xvm, exactly as a person at the hosts would.
+
+Every process is started detached and every name, pid and address is written
+to ``<state_dir>/lab.json``, so ``guestfence lab status`` and ``down`` work
+from another invocation; ``down`` kills what runs in the lab's namespaces,
+removes them and the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guestfence.keygen import write_key
+from guestfence.lab import guestcib
+from guestfence.lab.cluster import Cluster, missing_tools
+from guestfence.lab.netns import LabError, Namespace, build_lan
+from guestfence.lab.ourdaemon import READY_LINE, daemon_config_text, venv_tool
+from guestfence.lab.testdriver import Guest, write_node_xml
+from guestfence.scsi.keys import derive_key
+
+DEFAULT_STATE_DIR = Path("/var/lib/guestfence-lab")
+NAMESPACE_PREFIX = "gflab-"
+SUBNET = "10.231.90"
+CLUSTER_NAME = "gflab"
+HOSTS: Mapping[str, tuple[str, ...]] = {"host1": ("node1", "node2"), "host2": ("node3",)}
+NODES = tuple(n for guests in HOSTS.values() for n in guests)
+STORAGE = "storage"
+TARGET_IQN = "iqn.2026-11.org.guestfence.lab:shared"
+TARGET_PORT = 3260
+LUN_SIZE = 64 * 1024 * 1024
+STATE_FILE = "lab.json"
+_ENTRY = "import sys; from guestfence.cli import main; sys.argv[0] = 'guestfence'; main()"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class GuestState:
+    name: str
+    host: str
+    power: str  # on, off, or unknown (the host did not answer)
+
+
+def node_key(node: str) -> int:
+    """The fence_scsi key of ``node`` (key_value=hash, as the lab's CIB asks)."""
+    return int(derive_key(CLUSTER_NAME, node, "hash"), 16)
+
+
+class GuestLab:
+    """Build with :meth:`up`, find again with :meth:`load`, tear down with :meth:`down`."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *,
+                 prefix: str = NAMESPACE_PREFIX, progress: Progress = _quiet) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.prefix = prefix
+        self.progress = progress
+        self.state: dict[str, Any] = {}
+        self.cluster: Cluster | None = None
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._t0 = time.monotonic()
+
+    # -- paths and names -------------------------------------------------------------
+
+    @property
+    def key_file(self) -> Path:
+        return self.state_dir / "fence_xvm.key"
+
+    @property
+    def lun_url(self) -> str:
+        return f"iscsi://{self.state['addresses'][STORAGE]}:{TARGET_PORT}/{TARGET_IQN}/1"
+
+    def namespace(self, member: str) -> Namespace:
+        return Namespace(self.state["namespaces"][member])
+
+    def host_of(self, node: str) -> str:
+        return next(h for h, guests in HOSTS.items() if node in guests)
+
+    def _say(self, text: str) -> None:
+        self.progress(f"[{time.monotonic() - self._t0:5.1f}s] {text}")
+
+    def _save(self) -> None:
+        if self.cluster is not None:
+            self.state["cluster"] = self.cluster.state()
+        tmp = self.state_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+        os.replace(tmp, self.state_dir / STATE_FILE)
+
+    # -- building --------------------------------------------------------------------
+
+    def up(self, *, start_timeout: float = 90.0) -> GuestLab:
+        check_can_run()
+        if (self.state_dir / STATE_FILE).exists():
+            old = GuestLab.load(self.state_dir)
+            if old.is_up():
+                raise LabError(f"a lab is already up (state in {self.state_dir}); "
+                               "run 'guestfence lab down' first")
+            self._say(f"removing the remains of an old lab in {self.state_dir}")
+            old.down()
+        if str(self.state_dir).startswith(("/run/", "/dev/shm/")):
+            raise LabError(f"{self.state_dir}: the state directory must not be under /run or "
+                           "/dev/shm (the nodes get private copies of those)")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.state = {"prefix": self.prefix, "namespaces": {}, "addresses": {}, "hosts": {},
+                      "started": time.time()}
+        try:
+            self._build()
+            self._save()
+            self._start_hosts()
+            self._start_storage()
+            self._start_cluster(start_timeout)
+            self._load_cib()
+            self._wait_unfenced(start_timeout)
+        except BaseException:
+            self._say("failed; tearing down what was built")
+            self.down()
+            raise
+        self._say("lab is up")
+        return self
+
+    def _build(self) -> None:
+        members = [*NODES, *HOSTS, STORAGE]
+        lan = build_lan(self.prefix, members, subnet=SUBNET, subnet6=None)
+        self.state["namespaces"] = {m: lan.hosts[m].name for m in members}
+        self.state["namespaces"]["bridge"] = lan.bridge.name
+        self.state["addresses"] = dict(lan.addresses)
+        write_key(str(self.key_file))
+        self._say(f"LAN {SUBNET}.0/24: {', '.join(members)} (namespaces {self.prefix}*)")
+
+    def _spawn(self, member: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(self.namespace(member).exec_argv(argv),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+        self._children.append(proc)
+        return proc
+
+    def start_host_daemon(self, host: str, timeout: float = 30.0) -> None:
+        """Start (again) the guestfenced of ``host`` and wait for its ready line."""
+        work = self.state_dir / host
+        work.mkdir(exist_ok=True)
+        guests = [Guest(name=n, uuid=f"6766{i:04d}-0000-4000-8000-{i:012d}")
+                  for i, n in enumerate(HOSTS[host], start=NODES.index(HOSTS[host][0]) + 1)]
+        conf = work / "fence_virt.conf"
+        if not conf.exists():  # a restarted daemon keeps its guests' definitions
+            uri = write_node_xml(work / "node.xml", guests)
+            conf.write_text(daemon_config_text(str(self.key_file), [uri], interface="eth0"))
+        log = work / "guestfenced.log"
+        mark = log.stat().st_size if log.exists() else 0
+        proc = self._spawn(host, [sys.executable, "-m", "guestfence.host.main", "-F", "-f",
+                                  str(conf), "-p", str(work / "guestfenced.pid"), "-d", "1"],
+                           log)
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in log.read_text(errors="replace")[mark:]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[mark:][-2000:]
+                raise LabError(f"guestfenced of {host} did not become ready; log {log}:\n{tail}")
+            time.sleep(0.05)
+        self.state["hosts"][host] = {"pid": proc.pid, "guests": list(HOSTS[host]),
+                                     "log": str(log)}
+        self._save()
+
+    def _start_hosts(self) -> None:
+        for host in HOSTS:
+            self.start_host_daemon(host)
+            self._say(f"{host}: guestfenced ready (test driver, guests "
+                      f"{', '.join(HOSTS[host])})")
+
+    def _start_storage(self, timeout: float = 30.0) -> None:
+        work = self.state_dir / STORAGE
+        work.mkdir(exist_ok=True)
+        lun = work / "lun1.img"
+        with open(lun, "wb") as f:
+            f.truncate(LUN_SIZE)
+        ready = work / "target.ready"
+        portal = f"{self.state['addresses'][STORAGE]}:{TARGET_PORT}"
+        proc = self._spawn(STORAGE, [sys.executable, "-c", _ENTRY, "target", "serve",
+                                     "--iqn", TARGET_IQN, "--portal", portal,
+                                     "--ready-file", str(ready), "--lun", str(lun)],
+                           work / "target.log")
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"iSCSI target did not become ready; log {work / 'target.log'}")
+            time.sleep(0.05)
+        self.state["target"] = {"pid": proc.pid, "url": self.lun_url}
+        self._say(f"{STORAGE}: our iSCSI target on {portal}, LUN {self.lun_url}")
+
+    def _start_cluster(self, timeout: float) -> None:
+        from guestfence.install_agents import agent_sources
+
+        nodes = {n: self.namespace(n) for n in NODES}
+        self.cluster = Cluster(self.state_dir / "cluster", nodes, cluster_name=CLUSTER_NAME,
+                               start_timeout=timeout, agents=agent_sources(),
+                               addresses={n: self.state["addresses"][n] for n in NODES},
+                               crm_config={"dc-deadtime": "2s", "stonith-action": "off"})
+        self._save()
+        self.cluster.start()
+        self._save()
+        self._say(f"cluster {CLUSTER_NAME}: {', '.join(NODES)} online, DC elected "
+                  "(corosync 3 + pacemaker, our agents in the nodes' /usr/sbin)")
+
+    def _load_cib(self) -> None:
+        node = self.node_with_stack()
+        for section, xml in (
+                ("resources", guestcib.resources_xml(NODES, str(self.key_file),
+                                                     [self.lun_url])),
+                ("configuration", guestcib.topology_xml(NODES))):
+            verb = "--replace" if section == "resources" else "--create"
+            done = node.run(["cibadmin", verb, "-o", section, "--xml-text", xml])
+            if done.returncode != 0:
+                raise LabError(f"cibadmin {verb} -o {section} failed: {done.stderr.strip()}")
+        self._say("CIB: stonith fence-xvm (level 1), fence-scsi provides=unfencing (level 2), "
+                  "Dummy resource web")
+
+    def _wait_unfenced(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        want = {node_key(n) for n in NODES}
+        while True:
+            keys = set(self.lun_keys())
+            started = self.started_resources()
+            if want <= keys and {guestcib.XVM_DEVICE, guestcib.SCSI_DEVICE,
+                                 guestcib.RESOURCE} <= set(started):
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"nodes not unfenced / resources not started after {timeout:g} s"
+                               f" (keys {sorted(hex(k) for k in keys)}, started {started})")
+            time.sleep(0.3)
+        self._say("every node unfenced itself (its key is on the LUN); devices started")
+
+    # -- finding it again and tearing down -------------------------------------------
+
+    @classmethod
+    def load(cls, state_dir: Path = DEFAULT_STATE_DIR, *, progress: Progress = _quiet
+             ) -> GuestLab:
+        path = Path(state_dir) / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab is up (no {path}); start one with 'guestfence lab up'"
+                           ) from None
+        except ValueError as e:
+            raise LabError(f"{path}: not a lab state file ({e})") from None
+        lab = cls(Path(state_dir), prefix=state.get("prefix", NAMESPACE_PREFIX),
+                  progress=progress)
+        lab.state = state
+        if "cluster" in state:
+            lab.cluster = Cluster.attach(state["cluster"])
+        return lab
+
+    def is_up(self) -> bool:
+        return any(Namespace(n).exists() for n in self.state.get("namespaces", {}).values())
+
+    def down(self) -> None:
+        """Stop everything the lab started and remove its namespaces and files; idempotent."""
+        errors = []
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except LabError as e:
+                errors.append(str(e))
+        names = self.state.get("namespaces", {})
+        for member in sorted(names, key=lambda m: m == "bridge"):  # the bridge last
+            try:
+                Namespace(names[member]).destroy()
+            except LabError as e:
+                errors.append(str(e))
+        for proc in self._children:
+            proc.poll()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if errors:
+            raise LabError("; ".join(errors))
+
+    # -- looking at it ---------------------------------------------------------------
+
+    def node_with_stack(self) -> Any:
+        assert self.cluster is not None
+        for node in self.cluster.nodes():
+            if node.holder_pid is not None and node.stack_pids("pacemakerd"):
+                return node
+        raise LabError("no node of the lab runs pacemaker")
+
+    def crm_mon_xml(self) -> str:
+        return str(self.node_with_stack().run(["crm_mon", "-1", "--output-as=xml"]).stdout)
+
+    def started_resources(self) -> dict[str, str]:
+        """Resource id -> node it is started on, from crm_mon."""
+        import xml.etree.ElementTree as ET
+
+        try:
+            root = ET.fromstring(self.crm_mon_xml())
+        except (ET.ParseError, LabError):
+            return {}
+        found = {}
+        for res in root.iter("resource"):
+            node = res.find("node")
+            if res.get("role") == "Started" and node is not None:
+                found[res.get("id", "")] = node.get("name", "")
+        return found
+
+    def guest_power(self, node: str, timeout: int = 3) -> str:
+        """``on``/``off`` as the guest's host daemon answers our fence_xvm, else ``unknown``."""
+        done = self.namespace(STORAGE).run(
+            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", "status", "-H", node,
+             "-t", str(timeout)], capture_output=True, text=True, timeout=timeout + 30,
+            stdin=subprocess.DEVNULL)
+        return {0: "on", 2: "off"}.get(done.returncode, "unknown")
+
+    def guests(self) -> list[GuestState]:
+        return [GuestState(n, self.host_of(n), self.guest_power(n)) for n in NODES]
+
+    def power_on(self, node: str) -> None:
+        done = self.namespace(STORAGE).run(
+            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", "on", "-H", node],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise LabError(f"power on {node} failed: {done.stdout}{done.stderr}")
+
+    def stop_host_daemon(self, host: str) -> None:
+        pid = int(self.state["hosts"][host]["pid"])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for proc in self._children:
+            if proc.pid == pid:
+                proc.wait(10)
+        self.state["hosts"][host]["pid"] = None
+        self._save()
+
+    def host_requests(self, host: str) -> list[str]:
+        """The request log lines of a host's guestfenced (one per request it served)."""
+        log = Path(self.state["hosts"][host]["log"])
+        return [x for x in log.read_text(errors="replace").splitlines() if " request " in x]
+
+    def _probe(self, member: str, *args: str) -> dict[str, Any]:
+        done = self.namespace(member).run(
+            [sys.executable, "-m", "guestfence.lab.lunprobe", *args], capture_output=True,
+            text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise LabError(f"LUN probe {' '.join(args)} failed: {done.stderr.strip()}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def lun_keys(self) -> list[int]:
+        """PR IN READ KEYS on the shared LUN (one key per registered I_T nexus)."""
+        return [int(k, 16) for k in self._probe(STORAGE, "keys", self.lun_url)["keys"]]
+
+    def write_as_node(self, node: str) -> str:
+        """SCSI status of a WRITE sent from ``node`` with its fence_scsi initiator identity."""
+        initiator = f"iqn.2026-11.org.guestfence:{node}"  # fence_scsi's default: the hostname
+        return str(self._probe(node, "write", self.lun_url, initiator)["status"])
+
+
+def check_can_run() -> None:
+    """Refuse early, naming what is missing: root, tools, libiscsi."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root: it builds network and mount namespaces "
+                       "(run: sudo guestfence lab up)")
+    problems = missing_tools(pacemaker=True)
+    if shutil.which("ip") is None:
+        problems.append("ip (apt-get install iproute2)")
+    import ctypes.util
+
+    if ctypes.util.find_library("iscsi") is None:
+        problems.append("libiscsi (apt-get install libiscsi7)")
+    if not Path("/usr/lib/ocf/resource.d/pacemaker/Dummy").exists():
+        problems.append("the Dummy resource agent (apt-get install pacemaker)")
+    if problems:
+        raise LabError("the lab needs: " + "; ".join(problems))
