@@ -10,10 +10,13 @@ BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 ip
 # The real peers the tests run against: the C fence-virt tools, fence-agents' metadata
 # schema, a real libvirtd with QEMU (TCG) for the tests that fence and migrate real guests,
 # and corosync + pacemaker for the host cluster (CPG tracking) and the guest-cluster lab.
+# systemd-analyze checks the unit files, man-db + groff render the man pages, bash and zsh
+# check the generated completion scripts.
 TEST_PACKAGES := fence-virt fence-virtd fence-agents \
 	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 chromium tgt libiscsi7 \
 	golang-go golang-github-vmware-govmomi-dev \
-	corosync libcpg4 pacemaker pacemaker-cli-utils
+	corosync libcpg4 pacemaker pacemaker-cli-utils \
+	systemd man-db groff-base zsh
 BENCH_PACKAGES := hyperfine
 
 STAMP_BASE := $(VENV)/.apt-base
