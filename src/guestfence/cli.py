@@ -19,6 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "status": "guestfence.status_cli",
     "install-agents": "guestfence.install_agents",
     "lab": "guestfence.lab.cli",
+    "completion": "guestfence.completion",
 }
 
 

@@ -23,7 +23,7 @@ from guestfence.agent.manpage import EXIT_STATUS, metadata_of, render_manpage
 from guestfence.agent.metadata import AgentMetadata
 from guestfence.agent.params import Param
 from guestfence.agent.standard import agent_params
-from guestfence.agents import scsi, virtparams
+from guestfence.agents import rhevm, scsi, virtparams, vmware
 
 # fence_xvm / fence_virt exit with the daemon's answer, as the C agents do
 VIRT_EXIT_STATUS = (
@@ -48,6 +48,8 @@ AGENTS = {
     "fence_virt": Page(lambda: virtparams.metadata("fence_virt", virtparams.VIRT_PARAMS),
                        virtparams.VIRT_PARAMS, VIRT_EXIT_STATUS),
     "fence_scsi": Page(lambda: metadata_of(scsi.SPEC), agent_params(scsi.SPEC)),
+    "fence_vmware_soap": Page(lambda: metadata_of(vmware.SPEC), agent_params(vmware.SPEC)),
+    "fence_rhevm": Page(lambda: metadata_of(rhevm.SPEC), agent_params(rhevm.SPEC)),
 }
 
 
