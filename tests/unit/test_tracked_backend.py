@@ -238,3 +238,14 @@ def test_monitor_needs_this_host_in_the_membership() -> None:
     t.host_left("h1", 1.0)
     assert TrackedBackend(FakeTracker("h1", t)).execute(  # type: ignore[arg-type]
         Op.DEVSTATUS, "") == Result.FAIL
+
+
+def test_a_stopped_transient_guest_is_off_not_unknown() -> None:
+    """A transient guest destroyed on a host we reach is gone from libvirt: that is off."""
+    t = table_with({"h1": RUNNING})
+    t.event("h1", U1, "vm1", Kind.STOPPED, "DESTROYED", 1.0)
+    ex = FakeExecutor({})  # libvirt no longer lists it
+    backend = TrackedBackend(FakeTracker("h1", t, {"h1": ex}))  # type: ignore[arg-type]
+    assert backend.execute(Op.STATUS, "vm1") == Result.OFF
+    assert backend.execute(Op.OFF, "vm1") == Result.SUCCESS
+    assert backend.execute(Op.ON, "vm1") == Result.FAIL

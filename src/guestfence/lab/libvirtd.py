@@ -282,12 +282,26 @@ def _kill_below_self(grace: float) -> None:
 # -- configuration -------------------------------------------------------------
 
 
-def libvirtd_conf_text(host_uuid: str) -> str:
-    """libvirtd.conf: unix socket only, no authentication, log to /var/log/libvirt."""
+TCP_PORT = 16509
+MIGRATION_PORTS = (49152, 49215)
+
+
+def libvirtd_conf_text(host_uuid: str, listen_address: str | None = None) -> str:
+    """libvirtd.conf: unix socket, no authentication, log to /var/log/libvirt.
+
+    With ``listen_address`` also plain TCP without authentication on that address
+    only (``libvirtd --listen``): acceptable in the lab alone, where the address
+    exists only inside the lab's private network namespace.
+    """
+    tcp = ["listen_tcp = 0"]
+    if listen_address is not None:
+        tcp = ["# lab only: no auth, no TLS, on the namespace's private address",
+               "listen_tcp = 1", f'listen_addr = "{listen_address}"', f'tcp_port = "{TCP_PORT}"',
+               'auth_tcp = "none"']
     return "\n".join([
-        "# guestfence lab: private libvirtd, unix socket only (no --listen)",
+        "# guestfence lab: private libvirtd",
         "listen_tls = 0",
-        "listen_tcp = 0",
+        *tcp,
         'unix_sock_dir = "/run/libvirt"',
         'auth_unix_rw = "none"',
         'auth_unix_ro = "none"',
@@ -297,8 +311,18 @@ def libvirtd_conf_text(host_uuid: str) -> str:
     ])
 
 
-def qemu_conf_text() -> str:
-    """qemu.conf: qemu as root, no security driver, no cgroups, no virtlogd."""
+def qemu_conf_text(migration_address: str | None = None) -> str:
+    """qemu.conf: qemu as root, no security driver, no cgroups, no virtlogd.
+
+    ``migration_address``: where an incoming migration listens and what the
+    source is told to connect to (the default, the host name, resolves nowhere here).
+    """
+    migration = []
+    if migration_address is not None:
+        migration = [f'migration_host = "{migration_address}"',
+                     f'migration_address = "{migration_address}"',
+                     f"migration_port_min = {MIGRATION_PORTS[0]}",
+                     f"migration_port_max = {MIGRATION_PORTS[1]}"]
     return "\n".join([
         "# guestfence lab",
         'user = "root"',
@@ -310,6 +334,7 @@ def qemu_conf_text() -> str:
         "cgroup_controllers = []",
         '# qemu output goes to /var/log/libvirt/qemu/NAME.log without virtlogd',
         'stdio_handler = "file"',
+        *migration,
         "",
     ])
 
@@ -377,9 +402,19 @@ class LibvirtLab(StartStop):
         *,
         start_timeout: float = START_TIMEOUT,
         seed_caps_cache: Path | None = SYSTEM_CAPS_CACHE,
+        listen_address: str | None = None,
+        hostname: str | None = None,
     ) -> None:
+        """``listen_address``: also serve ``qemu+tcp://ADDRESS/system`` (no auth; an
+        address of ``namespace`` only) and take incoming migrations there.
+        ``hostname``: libvirtd's host name (a private UTS namespace), e.g. for discovery."""
+        if listen_address is not None and namespace is None:
+            raise LabError("listen_address needs a namespace: unauthenticated TCP is for "
+                           "private namespace addresses only")
         self.scratch = Path(scratch).absolute()
         self.namespace = namespace
+        self.listen_address = listen_address
+        self.hostname = hostname
         self.start_timeout = start_timeout
         self.seed_caps_cache = seed_caps_cache
         self.host_uuid = str(uuidlib.uuid4())
@@ -412,6 +447,13 @@ class LibvirtLab(StartStop):
         return f"qemu:///system?socket={self.socket_path}"
 
     @property
+    def tcp_uri(self) -> str:
+        """``qemu+tcp://ADDRESS/system``, reachable from the lab's network only."""
+        if self.listen_address is None:
+            raise LabError(f"{self!r} does not listen on TCP (no listen_address)")
+        return f"qemu+tcp://{self.listen_address}/system"
+
+    @property
     def log_path(self) -> Path:
         return self.path("/var/log/libvirt/libvirtd.log")
 
@@ -439,8 +481,9 @@ class LibvirtLab(StartStop):
         for item in Path("/etc/libvirt").glob("*.conf"):  # libvirt.conf, libvirt-admin.conf
             if item.is_file():
                 shutil.copy2(item, etc / item.name)
-        (etc / "libvirtd.conf").write_text(libvirtd_conf_text(self.host_uuid))
-        (etc / "qemu.conf").write_text(qemu_conf_text())
+        (etc / "libvirtd.conf").write_text(libvirtd_conf_text(self.host_uuid,
+                                                               self.listen_address))
+        (etc / "qemu.conf").write_text(qemu_conf_text(self.listen_address))
         (self.scratch / "log" / "qemu").mkdir(exist_ok=True)
         caps = self.scratch / "cache" / "qemu" / "capabilities"
         if self.seed_caps_cache is not None and self.seed_caps_cache.is_dir():
@@ -462,6 +505,8 @@ class LibvirtLab(StartStop):
             _with_qemu_user(Path("/etc/group"), group, f"{QEMU_USER}:x:{QEMU_UID}:")
             binds.append((str(group), "/etc/group"))
         script = ["set -e"]
+        if self.hostname is not None:
+            script.append(f"hostname {shlex.quote(self.hostname)}")
         script += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in binds]
         # no cgroup hierarchy in sight: libvirt runs without cgroups and so never
         # creates machine cgroups in the machine's own tree
@@ -471,10 +516,12 @@ class LibvirtLab(StartStop):
 
     def argv(self, script: str) -> list[str]:
         """The command line: netns (if any), private mount namespace, mounts, reaper, libvirtd."""
+        uts = ["--uts"] if self.hostname is not None else []
+        listen = ["--listen"] if self.listen_address is not None else []
         inner = [
-            "unshare", "--mount", "--propagation", "private", "--",
+            "unshare", "--mount", *uts, "--propagation", "private", "--",
             "/bin/sh", "-c", script, "gflab-libvirtd",
-            sys.executable, "-m", "guestfence.lab.libvirtd", "--reap", LIBVIRTD,
+            sys.executable, "-m", "guestfence.lab.libvirtd", "--reap", LIBVIRTD, *listen,
         ]
         return self.namespace.exec_argv(inner) if self.namespace else inner
 
@@ -633,6 +680,80 @@ class LibvirtLab(StartStop):
                 raise LabError(f"domain {name} not running with a qemu process after "
                                f"{timeout} s (state {dom.state()})\n{self.log_tail()}")
             time.sleep(_POLL)
+
+    def migrate(self, name: str, dest: LibvirtLab, live: bool = True,
+                timeout: float = 60.0) -> float:
+        """Migrate running domain ``name`` to ``dest``; seconds the call took.
+
+        As ``virsh migrate [--live] NAME DEST_URI`` does (client-managed, not
+        peer-to-peer), through both labs' unix sockets; the migration stream goes
+        from qemu to qemu over the LAN (``dest`` needs a ``listen_address``, its
+        qemu.conf tells the source where to connect). Blocks until libvirt is done.
+        """
+        import libvirt
+
+        if dest.listen_address is None:
+            raise LabError(f"{dest!r} has no listen_address: nowhere to receive a migration")
+        dom = self._conn().lookupByName(name)
+        flags = libvirt.VIR_MIGRATE_LIVE if live else 0
+        params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 0}
+        t0 = time.monotonic()
+        done: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                dom.migrate3(dest._conn(), params, flags)
+            except libvirt.libvirtError as e:
+                done["error"] = e
+
+        worker = threading.Thread(target=run, name=f"migrate-{name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.abortJob()
+            raise LabError(f"migration of {name} to {dest!r} not done after {timeout} s")
+        if "error" in done:
+            raise LabError(f"migration of {name} to {dest!r} failed: "
+                           f"{done['error'].get_error_message()}\n{self.log_tail(10)}")
+        return time.monotonic() - t0
+
+    def domain_state(self, name: str) -> int | None:
+        """libvirt's state of ``name`` here (VIR_DOMAIN_*), None if not defined here."""
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # we report it
+        try:
+            return int(self._conn().lookupByName(name).state()[0])
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def libvirtd_pid(self) -> int | None:
+        """The libvirtd process (the reaper's child), if it runs."""
+        if self.proc is None:
+            return None
+        for pid in _descendants(self.proc.pid):
+            argv = _cmdline(pid)
+            if argv and argv[0] == LIBVIRTD and pid_alive(pid):
+                return pid
+        return None
+
+    def kill_libvirtd(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGKILL libvirtd, as a crashed host would lose it; the reaper then ends the
+        guests below it and exits. Waits until the reaper is gone."""
+        pid = self.libvirtd_pid()
+        if pid is None:
+            raise LabError(f"{self!r}: no libvirtd to kill")
+        self._remember_tree()
+        os.kill(pid, signal.SIGKILL)
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"{self!r}: reaper still running {timeout} s after libvirtd "
+                           "was killed") from e
 
     def qemu_log(self, name: str) -> str:
         with contextlib.suppress(OSError):

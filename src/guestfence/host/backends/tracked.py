@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from guestfence.errors import BackendError
 from guestfence.tracking.locations import (
@@ -45,6 +45,9 @@ from guestfence.tracking.locations import (
 )
 from guestfence.tracking.tracker import Tracker, TrackingSnapshot
 from guestfence.virt.wire import HostRecord, Op, Result
+
+if TYPE_CHECKING:
+    from guestfence.host.backends.libvirt import LibvirtBackend
 
 log = logging.getLogger("guestfenced")
 
@@ -250,8 +253,24 @@ class TrackedBackend:
             return (Result.SUCCESS if self._off_elsewhere(step, name) else Result.FAIL), False
         if code == Result.SUCCESS:
             return code, False
-        after = acting_host(self.tracker.decide(step.uuid))
-        return code, after is not None and after != step.host
+        after = self.tracker.decide(step.uuid)
+        if (op in (Op.STATUS, Op.OFF, Op.REBOOT) and code == Result.FAIL
+                and isinstance(after, Owner) and after.host == step.host
+                and after.state == SHUTOFF and self._vanished(ex, step.uuid)):
+            # A transient guest that stopped is gone from libvirt (no UNDEFINED event):
+            # the tracker saw it stop on a host we reach and nobody runs it. Off.
+            if op == Op.STATUS:
+                return Result.OFF, False
+            return (Result.SUCCESS if self._off_elsewhere(step, name) else Result.FAIL), False
+        actor = acting_host(after)
+        return code, actor is not None and actor != step.host
+
+    @staticmethod
+    def _vanished(ex: LibvirtBackend, uuid: str) -> bool:
+        try:
+            return ex.lookup(uuid) is None
+        except BackendError:
+            return False
 
     def _off_elsewhere(self, step: Execute, name: str) -> bool:
         """After a verified off on the acting host: no copy left on any other live host.
