@@ -119,3 +119,32 @@ def test_zsh_script_is_valid_and_registers_every_command(tmp_path: Path) -> None
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert "MISSING" not in r.stdout and len(r.stdout.split()) == len(commands), \
         r.stdout + r.stderr
+
+
+ZPTY_DRIVER = r"""
+zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z "PS1='P> '; fpath=($FPATH_DIR \$fpath); autoload -U compinit; compinit -u -D"
+complete_word() {  # type the line and TAB, then read until the completed word shows
+  zpty -w -n z $'\x15'"$1"$'\t'
+  local buf="" chunk deadline=$(( SECONDS + 30 ))
+  while (( SECONDS < deadline )); do
+    if zpty -r -t z chunk; then buf+=$chunk; [[ $buf == *"$2"* ]] && { print "GOT $2"; return; }
+    else sleep 0.05; fi
+  done
+  print "TIMEOUT $2: $buf"
+}
+"""
+
+
+def test_zsh_completes_partial_words_from_fpath(tmp_path: Path) -> None:
+    (tmp_path / "_guestfence").write_text(zsh_script())
+    checks = [("fence_xvm -o reb", "reboot"), ("guestfenced --conf", "--configure"),
+              ("guestfence compl", "completion")]
+    body = "\n".join(f"complete_word '{line}' '{word}'" for line, word in checks)
+    r = subprocess.run([shell("zsh"), "-f", "-c", f"{ZPTY_DRIVER}\n{body}\nzpty -d z"],
+                       capture_output=True, text=True, timeout=120,
+                       env={"FPATH_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+                            "TERM": "dumb", "HOME": str(tmp_path)})
+    assert [line for line in r.stdout.splitlines() if line.startswith(("GOT", "TIMEOUT"))] \
+        == [f"GOT {word}" for _, word in checks], r.stdout + r.stderr
