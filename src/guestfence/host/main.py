@@ -78,16 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defaults", action="store_true",
                    help="with --configure: ask nothing, take every default and write the file "
                    "(and the key, when missing)")
-    p.add_argument("-c", "--configure", action="store_true",
-                   help="ask for the settings (listener, interface, address, port, key file, "
-                   "backend, libvirt URI; defaults detected on this host or read from the "
-                   "existing file), show the result, then replace the -f file atomically "
-                   "(the old one kept as FILE.bak) and offer to create the key; the role of "
-                   "fence_virtd -c. Answers are read one per line when standard input is not "
-                   "a terminal (an empty line takes the default)")
-    p.add_argument("--defaults", action="store_true",
-                   help="with --configure: ask nothing, take every default and write the file "
-                   "(and the key, when missing)")
     p.add_argument("--admin-socket", metavar="PATH", type=_admin_socket_option,
                    help="root-only UNIX socket for 'guestfence status' (overrides the config's "
                    f"admin_socket; default {DEFAULT_ADMIN_SOCKET}; 'off' disables it)")
@@ -349,12 +339,6 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"guestfenced {__version__}")
         sys.exit(0)
-    if args.configure or args.defaults:
-        if not args.configure:
-            build_parser().error("--defaults goes with --configure")
-        from guestfence.host.configure_prompt import run_configure
-
-        sys.exit(run_configure(args.config, use_defaults=args.defaults))
     if args.configure or args.defaults:
         if not args.configure:
             build_parser().error("--defaults goes with --configure")
