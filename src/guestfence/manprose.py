@@ -78,6 +78,45 @@ for serial requests) may act on which domains (by name or UUID).
 Errors name the file, the line and what was expected. Unlike fence_virtd, the
 \fBauth\fR key of the tcp and vsock listeners sets the challenge/response
 algorithm (fence_virtd stores it into \fBhash\fR)."""),
+    ("SEVERAL GUEST CLUSTERS ON THE SAME HOSTS", r"""With one key, every guest
+holding it can fence and list every VM of the host. A \fBclusters\fR block
+gives each guest cluster its own key, bound to its own guests; nothing changes
+on the wire, so the guests keep the C or our fence_xvm / fence_virt:
+.PP
+.nf
+clusters {
+        web {
+                key_file = "/etc/guestfence/keys/web.key";
+                guests = "web1 web2";       # domain names, exactly
+                uuids = "...";              # domain UUIDs
+                pattern = "web\-*";          # fnmatch patterns on names
+                tag = "web";                # domain metadata, below
+                # successor_key_file = "..."; default key_file + ".next"
+        }
+        db { key_file = "/etc/guestfence/keys/db.key"; pattern = "db*"; }
+}
+.fi
+.PP
+The key that verifies a request's signature names the cluster; the
+challenge/response then uses that key. A cluster may act on a guest that one
+of its bindings matches; anything else is answered with permission denied
+(fence_xvm exits 3), and \fBlist\fR shows a cluster only its own guests. The
+\fBtag\fR binding reads
+\fB<guestfence:cluster xmlns:guestfence="https://guestfence.dev/xmlns/1"
+name="web"/>\fR from the domain's \fB<metadata>\fR through libvirt. Serial
+requests carry no key: their cluster is the one whose bindings match the
+requesting guest. With a clusters block the listener's \fBkey_file\fR is not
+used and \fBhash\fR must not be none; \fBgroups\fR still apply on top.
+Unknown keys, a cluster that binds nothing, a pattern matching everything,
+two clusters sharing a key file or key are errors.
+.PP
+Rotation without downtime: \fBguestfence keys rotate\fR \fIKEY_FILE\fR
+writes the successor; both keys work; copy it to the guests (compare the
+fingerprint with \fBsha256sum\fR there); \fBguestfence keys retire\fR
+\fIKEY_FILE\fR renames it over the key. guestfenced checks its key files
+twice a second and reloads them on SIGHUP, so a retired key stops working
+within a second, without a restart. Keys are never logged, their
+fingerprints are (the first 16 hex digits of the key's SHA\-256)."""),
     ("SYSTEMD", r"""The unit \fIguestfenced.service\fR (in the source tree's
 \fIdist/systemd\fR) runs \fBguestfenced \-F \-w\fR with \fBType=notify\fR:
 the daemon tells systemd when its listener serves. With \fB\-w\fR a backend or
