@@ -41,6 +41,7 @@ HOSTS = ("host1", "host2", "host3")
 GUESTS = {"mig1": "host1", "dies1": "host1", "cut3": "host3"}
 FENCE_DUMMY = "/usr/sbin/fence_dummy"
 TOKEN_MS = 1000
+RUNNING = 1  # libvirt VIR_DOMAIN_RUNNING
 
 
 @dataclass
@@ -126,7 +127,8 @@ def hc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
     try:
         cluster.start()
         for host in HOSTS:
-            env.labs[host] = LibvirtLab(scratch / f"libvirt-{host}", lan[host]).start()
+            env.labs[host] = LibvirtLab(scratch / f"libvirt-{host}", lan[host],
+                                        listen_address=lan.addresses[host]).start()
         for vm, host in GUESTS.items():
             env.labs[host].define_and_start(vm, memory_mib=32)
         for host in ("host2", "host3"):  # the survivors' fencers can fence any host
@@ -177,39 +179,53 @@ def test_owner_answers_alone_and_every_member_knows_it(hc: HostCluster) -> None:
             h: 3 if h == owner else 0 for h in HOSTS}
 
 
-def test_live_migration_answered_by_exactly_one_host(hc: HostCluster) -> None:
-    vm = "mig1"
-    src, dst = hc.labs["host1"], hc.labs["host2"]
-    if not hasattr(src, "migrate"):
-        pytest.fail("LibvirtLab.migrate (live migration in the lab) is missing", pytrace=False)
-    old_pid = src.qemu_pid(vm)
-    assert old_pid is not None
-    before = hc.counts(vm)
-    results: list[tuple[int, str]] = []
-    migrated = threading.Event()
+def _migrate_in_background(src: LibvirtLab, vm: str, dst: LibvirtLab) \
+        -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    done = threading.Event()
     errors: list[BaseException] = []
 
     def migrate() -> None:
         try:
-            src.migrate(vm, dst)  # type: ignore[attr-defined]
-        except BaseException as e:  # reported below
+            src.migrate(vm, dst)
+        except BaseException as e:  # reported by the caller
             errors.append(e)
         finally:
-            migrated.set()
+            done.set()
 
-    mover = threading.Thread(target=migrate)
+    mover = threading.Thread(target=migrate, name=f"migrate-{vm}")
     mover.start()
-    while not migrated.is_set():  # status requests during the migration
+    return mover, done, errors
+
+
+def test_live_migration_answered_by_exactly_one_host(hc: HostCluster) -> None:
+    vm = "mig1"
+    src, dst = hc.labs["host1"], hc.labs["host2"]
+    old_pid = src.qemu_pid(vm)
+    assert old_pid is not None
+    answered_by: list[str] = []
+    results: list[tuple[int, str]] = []
+
+    def status() -> None:
+        before = hc.counts(vm)
         results.append(hc.agent("status", vm))
+        after = hc.counts(vm)
+        hosts = [h for h in HOSTS for _ in range(after[h] - before[h])]
+        assert len(hosts) == 1, f"request {len(results)} answered by {hosts}"
+        answered_by.append(hosts[0])
+
+    status()
+    mover, migrated, errors = _migrate_in_background(src, vm, dst)
+    while not migrated.is_set():  # status requests during the migration
+        status()
     mover.join()
     assert not errors, errors
-    results += [hc.agent("status", vm) for _ in range(2)]  # right after
-    assert results and all(r == (0, "Status: ON") for r in results), results
-    after = hc.counts(vm)
-    answered = sum(after[h] - before[h] for h in HOSTS)
-    assert answered == len(results), (after, before, results)  # one answer per request
-    assert after["host3"] == before["host3"]
-    assert after["host2"] - before["host2"] >= 2  # at least the ones right after: new owner
+    status()  # right after
+    status()
+    assert all(r == (0, "Status: ON") for r in results), results
+    # the right one: the source until the switch-over, then the destination, never back
+    switch = answered_by.index("host2")
+    assert answered_by[:switch] == ["host1"] * switch and switch >= 1, answered_by
+    assert answered_by[switch:] == ["host2"] * (len(answered_by) - switch), answered_by
 
     new_pid = dst.qemu_pid(vm)
     assert new_pid is not None
@@ -220,6 +236,29 @@ def test_live_migration_answered_by_exactly_one_host(hc: HostCluster) -> None:
     assert not pid_alive(new_pid) and not pid_alive(old_pid)
     assert src.qemu_pids(vm) == [] and dst.qemu_pids(vm) == []
     assert hc.agent("status", vm) == (2, "Status: OFF")
+
+
+def test_off_during_live_migration_is_never_a_false_success(hc: HostCluster) -> None:
+    vm = "mig2"
+    src, dst = hc.labs["host2"], hc.labs["host3"]
+    src.define_and_start(vm, memory_mib=32)
+    until(f"{vm} announced", lambda: hc.agent("status", vm)[0] == 0)
+    mover, migrated, _errors = _migrate_in_background(src, vm, dst)
+    until("the destination's incoming qemu", lambda: migrated.is_set() or dst.qemu_pids(vm))
+    before = hc.counts(vm)
+    code, out = hc.agent("off", vm, timeout=20)
+    after = hc.counts(vm)
+    assert sum(after[h] - before[h] for h in HOSTS) == 1  # exactly one host answered
+    if code == 0:  # success: no copy runs the guest, and every qemu of it goes away
+        assert RUNNING not in (src.domain_state(vm), dst.domain_state(vm)), "false success"
+        until("no qemu left", lambda: not src.qemu_pids(vm) and not dst.qemu_pids(vm), 10)
+    mover.join()
+    # whatever the race gave, off converges to a verified off (or the guest was already off)
+    deadline = time.monotonic() + 30
+    while code != 0 and time.monotonic() < deadline:
+        code, out = hc.agent("off", vm, timeout=20)
+    assert code == 0, out
+    assert src.qemu_pids(vm) == [] and dst.qemu_pids(vm) == []
 
 
 def test_dead_owner_fails_until_the_host_cluster_fenced_it(hc: HostCluster) -> None:

@@ -313,6 +313,12 @@ class CpgTracker:
         log.warning("host cluster: %s confirmed fenced; its guests count as off", host)
         return True
 
+    def copies_elsewhere(self, uuid: str) -> list[str]:
+        """Other hosts (members or not) whose listing has ``uuid`` not shut off."""
+        with self._lock:
+            return [h for u in self.table.uuids(uuid) for h in self.table.hosts_listing(u)
+                    if h != self.me]
+
     def executor(self, host: str) -> LibvirtBackend | None:
         return self._executor if host == self.me else None
 
@@ -362,14 +368,16 @@ def make_confirmer(config: Any) -> Confirmer:
 
 def make_tracker(config: Any) -> CpgTracker:
     """The host-cluster tracker for guestfenced's ``backend = "cpg"`` configuration block."""
-    from guestfence.host.backends.libvirt import LibvirtBackend
+    from guestfence.tracking.migration_guard import GuardedLibvirtBackend
 
     uris: Sequence[str] = tuple(_setting(config, "uris", ()))
     if not uris:
         raise ConfigError("backends/cpg needs a 'uri' of the local libvirt")
     me = str(_setting(config, "host_name", "") or socket.gethostname().split(".")[0])
     group = str(_setting(config, "group", DEFAULT_GROUP))
-    executor = LibvirtBackend(uris, name_mode=_setting(config, "name_mode", "name"),
-                              claim_shut_off=_setting(config, "claim_shut_off", True))
-    return CpgTracker(me, cpg_transport(group), LocalDomains(uris), make_confirmer(config),
-                      executor)
+    executor = GuardedLibvirtBackend(uris, name_mode=_setting(config, "name_mode", "name"),
+                                     claim_shut_off=_setting(config, "claim_shut_off", True))
+    local = LocalDomains(uris)
+    tracker = CpgTracker(me, cpg_transport(group), local, make_confirmer(config), executor)
+    executor.guard(local.migrating_out, tracker.copies_elsewhere)
+    return tracker

@@ -118,6 +118,20 @@ class LocalDomains:
                    for d in found.values()]
         return generation, out
 
+    def migrating_out(self, uuid: str) -> bool:
+        """Whether ``uuid`` is (or may be) migrating away from here: role OUT, or any job."""
+        with self._lock:
+            if self._roles.get(uuid) is not None:
+                return True
+        for uri in self.uris:
+            try:
+                job = self._connection(uri).lookupByUUIDString(uuid).jobInfo()
+            except (OSError, libvirt.libvirtError):
+                continue  # not here: nothing migrates out
+            if job and job[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                return True
+        return False
+
     def close(self) -> None:
         self._on_event, self._on_lost = None, lambda: None
         for uri in list(self._conns):
