@@ -116,3 +116,34 @@ def test_start_fails_clearly_without_libvirt(tmp_path: Path) -> None:
     t = StaticTracker("host1", node_uri(tmp_path / "missing.xml"), dict(MAP))
     with pytest.raises(BackendError, match="cannot connect to libvirt"):
         asyncio.run(t.start())
+
+
+# -- guestfence check --fence-virt-conf --------------------------------------------------
+
+
+def test_check_finds_guests_off_their_mapped_host(tmp_path: Path) -> None:
+    from guestfence.check.engine import run_checks
+    from guestfence.check.model import Guest as TGuest
+    from guestfence.check.model import Host, Topology
+    from guestfence.check.rules_static import load_static_map
+    from guestfence.errors import ConfigError
+
+    conf = tmp_path / "fence_virt.conf"
+    conf.write_text('fence_virtd { listener = "multicast"; backend = "static"; }\n'
+                    'backends { static { uri = "qemu:///system"; host_name = "host1";\n'
+                    '  map { host1 = "vm1 vm2"; host2 = "vm3 vm9"; } } }\n')
+    topo = Topology(hosts=(Host("host1.example.com"), Host("host2")),
+                    other_guests=(TGuest("vm1", "host1.example.com"),
+                                  TGuest("VM3", "host1.example.com"), TGuest("stray", "host2")))
+    report = run_checks(load_static_map(topo, str(conf)))
+    found = [f for f in report.findings if f.rule == "STATIC-MAP-PLACEMENT"]
+    assert [(f.severity, f.guests) for f in found] == [
+        ("error", ("VM3",)), ("error", ("stray",)), ("info", ("vm2", "vm9"))]
+    assert "VM3 runs on host1.example.com, but the static map of" in found[0].found
+    assert "gives it to host2" in found[0].found and "move VM3 back to host2" in found[0].fix
+    assert "does not list it" in found[1].found
+    assert not [f for f in run_checks(topo).findings if f.rule == "STATIC-MAP-PLACEMENT"]
+    conf.write_text('fence_virtd { listener = "multicast"; backend = "libvirt"; }\n'
+                    'backends { libvirt { uri = "qemu:///system"; } }\n')
+    with pytest.raises(ConfigError, match="needs backend = \"static\""):
+        load_static_map(topo, str(conf))

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="a Pacemaker CIB (cibadmin --query > FILE): members and stonith devices")
     p.add_argument("--cluster", metavar="NAME",
                    help="the guest cluster the CIB describes (default: its cluster-name)")
+    p.add_argument("--fence-virt-conf", metavar="FILE",
+                   help="guestfenced's fence_virt.conf with backend \"static\": check that "
+                   "every guest runs on the host its map gives it")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report here (default: "
                    "standard output; required for html)")
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     try:
         topology, notes = _topology(args)
+        if args.fence_virt_conf:
+            from guestfence.check.rules_static import load_static_map
+
+            topology = load_static_map(topology, args.fence_virt_conf)
     except ConfigError as e:
         print(f"guestfence check: {e}", file=sys.stderr)
         return EXIT_UNREADABLE

@@ -25,6 +25,7 @@ from guestfence.check import rules_fencing as fencing
 from guestfence.check import rules_guests as guests
 from guestfence.check import rules_keys as keys
 from guestfence.check import rules_placement as placement
+from guestfence.check import rules_static as static
 from guestfence.check import rules_storage as storage
 from guestfence.check import rules_versions as versions
 from guestfence.check.rules_common import Rule
@@ -59,6 +60,7 @@ RULES: tuple[Rule, ...] = (
     fencing.FENCE_VIRTD_MISSING,            # error: KVM host without fence_virtd for fence_xvm
     fencing.FENCE_VIRTD_HOST_CLUSTER,       # error: host-cluster mode without one host cluster
     fencing.FENCE_VIRTD_STATIC,             # info: static mode, no live migration
+    static.STATIC_MAP_PLACEMENT,            # error: a guest off its host in guestfenced's map
     fencing.VMWARE_50_SOAP,                 # warning: fence_vmware_soap on vSphere 5.0
     fencing.VMWARE_PERL_API,                # info: fence_vmware_soap needs VMware's perl APIs
     # fence_scsi and storage
