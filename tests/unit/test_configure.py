@@ -29,6 +29,7 @@ from guestfence.host.configure import (
     questions,
 )
 from guestfence.host.configure_prompt import run_configure
+from guestfence.host.keys import fingerprint
 from guestfence.host.main import main as guestfenced_main
 
 ROUTES = (
@@ -208,6 +209,7 @@ def test_conversation_reasks_then_writes_atomically_with_a_backup_and_a_key(
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     key = Path(key_path(tmp_path))
     assert key.stat().st_size == 4096 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert f"fingerprint {fingerprint(key.read_bytes())}" in text
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 

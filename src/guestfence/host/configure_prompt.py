@@ -27,6 +27,7 @@ from guestfence.host.configure import (
     detect,
     questions,
 )
+from guestfence.host.keys import fingerprint, load_daemon_key
 from guestfence.keygen import write_key
 
 Ask = Callable[[str], "str | None"]  # prompt -> the answer line, None at end of input
@@ -132,8 +133,10 @@ def offer_key(key_file: str, ask: Ask, out: TextIO, use_defaults: bool) -> None:
         return
     os.makedirs(os.path.dirname(key_file), mode=0o755, exist_ok=True)
     write_key(key_file)
-    out.write(f"Wrote {key_file} (4096 random bytes, mode 0600). Copy it to every guest of "
-              "the cluster (fence_xvm and fence_virt read /etc/cluster/fence_xvm.key).\n")
+    out.write(f"Wrote {key_file} (4096 random bytes, mode 0600, fingerprint "
+              f"{fingerprint(load_daemon_key(key_file))}). Copy it to every guest of the "
+              "cluster, where fence_xvm and fence_virt read /etc/cluster/fence_xvm.key unless "
+              "given -k; compare with: guestfence keys fingerprint FILE.\n")
 
 
 def run_configure(path: str, *, use_defaults: bool = False, ask: Ask | None = None,
