@@ -40,7 +40,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: all setup test-deps demo test lint typecheck unit integration bench clean
+.PHONY: all setup test-deps demo test lint typecheck unit integration bench man clean
 
 all: setup
 
@@ -90,6 +90,10 @@ test: test-deps lint typecheck
 bench: setup $(STAMP_BENCH)
 	@for b in bench/*.py; do [ "$$(basename $$b)" = common.py ] && continue; \
 		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# man/ is generated from the option definitions (tests check it is up to date)
+man: setup
+	$(BIN)/guestfence manpages man
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
