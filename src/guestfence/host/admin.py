@@ -210,6 +210,9 @@ class AdminServer:
             sock = writer.get_extra_info("socket")
             pid, uid, _gid = peer_credentials(sock)
             if uid != 0:
+                # read the request first, so the client is not cut off while it sends
+                with contextlib.suppress(ValueError, TimeoutError, OSError):
+                    await asyncio.wait_for(reader.readline(), 2.0)
                 log.warning("admin socket: refused pid %d of uid %d: only root may use the "
                             "admin socket", pid, uid)
                 writer.write(encode(error_reply(
@@ -286,7 +289,10 @@ def query(path: str, request: dict[str, Any], timeout: float = 15.0) -> Reply:
 def _exchange(sock: socket.socket, path: str, request: dict[str, Any]) -> Reply:
     buffer = b""
     try:
-        sock.sendall(encode(request))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # a daemon that refuses us may answer and close before reading our request:
+            # its answer is still there to read
+            sock.sendall(encode(request))
         while b"\n" not in buffer:
             chunk = sock.recv(1 << 16)
             if not chunk:

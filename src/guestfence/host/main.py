@@ -211,6 +211,7 @@ async def watch_keys(service: FenceService, config: Config, reload_now: asyncio.
         if not watcher.changed() and not forced:
             continue
         ring = await asyncio.to_thread(KeyRing.load, sources, strict=False)
+        ring.adopt_hints(service.keyring)
         service.keyring = ring
         log.info("keys reloaded%s: %s", " (SIGHUP)" if forced else "",
                  "; ".join(ring.describe()) or "none")
@@ -306,14 +307,16 @@ async def serve(config: Config, wait: bool) -> int:
         await listener.stop()
         backend.close()
         raise
-    log.info("guestfenced ready (backend %s: %s)", config.backend.name,
-             ", ".join(config.backend.uris))
     stop = asyncio.Event()
     reload_keys = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_keys.set)
+    # after the handlers: whoever waits for this line may send SIGTERM at once, and the
+    # stop must still remove the admin socket and finish the requests in flight
+    log.info("guestfenced ready (backend %s: %s)", config.backend.name,
+             ", ".join(config.backend.uris))
     key_watch = asyncio.ensure_future(watch_keys(service, config, reload_keys))
     # only now: systemd may send SIGTERM as soon as it hears READY
     sdnotify.notify("READY=1", f"STATUS=serving ({config.backend.name}: "
