@@ -18,6 +18,8 @@ leaves every host up, then host1 dies, then host3 is cut off.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -42,6 +44,8 @@ GUESTS = {"mig1": "host1", "dies1": "host1", "cut3": "host3"}
 FENCE_DUMMY = "/usr/sbin/fence_dummy"
 TOKEN_MS = 1000
 RUNNING = 1  # libvirt VIR_DOMAIN_RUNNING
+PACEMAKER_DAEMONS = ("pacemakerd", "pacemaker-based", "pacemaker-fenced", "pacemaker-execd",
+                     "pacemaker-attrd", "pacemaker-schedulerd", "pacemaker-controld")
 
 
 @dataclass
@@ -259,6 +263,27 @@ def test_off_during_live_migration_is_never_a_false_success(hc: HostCluster) -> 
         code, out = hc.agent("off", vm, timeout=20)
     assert code == 0, out
     assert src.qemu_pids(vm) == [] and dst.qemu_pids(vm) == []
+
+
+def test_guestfenced_rejoins_after_corosync_restarts(hc: HostCluster) -> None:
+    vm, node3, daemon = "cut3", hc.cluster.node("host3"), hc.daemons["host3"]
+    joins = daemon.log_text().count("cpg: joined group")
+    node3.kill_corosync()  # cpg_dispatch now fails with CS_ERR_LIBRARY
+    daemon.wait_for_log("cpg: lost corosync", 20)
+    for name in PACEMAKER_DAEMONS:  # pacemakerd waits for corosync forever: restart it too
+        for pid in node3.stack_pids(name):
+            os.kill(pid, signal.SIGKILL)
+    until("pacemaker of host3 gone", lambda: not any(node3.stack_pids(n)
+                                                     for n in PACEMAKER_DAEMONS))
+    hc.cluster.restart_node("host3")
+    until("host3's guestfenced joined again",
+          lambda: daemon.log_text().count("cpg: joined group") > joins, 60)
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    until(f"{vm} answered again", lambda: hc.agent("status", vm) == (0, "Status: ON"), 60)
+    before = hc.counts(vm)
+    assert hc.agent("status", vm) == (0, "Status: ON")
+    after = hc.counts(vm)
+    assert {h: after[h] - before[h] for h in HOSTS} == {"host1": 0, "host2": 0, "host3": 1}
 
 
 def test_dead_owner_fails_until_the_host_cluster_fenced_it(hc: HostCluster) -> None:
