@@ -58,15 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Reads the fence_virt.conf format of fence_virtd; see guestfenced(8).",
     )
     p.add_argument("-F", dest="foreground", action="store_true",
-                   help="stay in the foreground and log to stderr")
+                   help="stay in the foreground and log to stderr (otherwise: daemonise and "
+                   "log to syslog, facility daemon)")
     p.add_argument("-f", dest="config", default=DEFAULT_CONFIG, metavar="FILE",
                    help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("-d", dest="debug", type=int, default=None, metavar="LEVEL",
-                   help="debug level (overrides the config's 'debug')")
+                   help="debug level (overrides the config's 'debug'); 1 and above also log "
+                   "duplicates, silently ignored requests and each multicast round")
     p.add_argument("-p", dest="pidfile", default=DEFAULT_PIDFILE, metavar="PIDFILE",
-                   help=f"pid file (default {DEFAULT_PIDFILE})")
+                   help=f"pid file (default {DEFAULT_PIDFILE}); start-up stops if it names a "
+                   "running guestfenced")
     p.add_argument("-w", dest="wait", action="store_true",
-                   help="keep retrying backend and listener start-up every 5 s")
+                   help="keep retrying backend and listener start-up every 5 s instead of "
+                   "exiting (also 'wait_for_init' in the config); under systemd the service "
+                   "counts as started meanwhile and its status says what it waits for")
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     p.add_argument("-c", "--configure", action="store_true",
                    help="ask for the settings (listener, interface, address, port, key file, "
