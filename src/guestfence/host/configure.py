@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from guestfence.host.config import DEFAULT_KEY_FILE, DEFAULT_PORT, Node, parse_config
 from guestfence.host.config_writer import find_block, get_key, render_tree, set_key
@@ -57,7 +57,7 @@ class Detected:
     default_route_interface: str | None = None
     libvirt_socket: str | None = None
     existing: tuple[Node, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
