@@ -20,6 +20,8 @@ from guestfence.host.keyring import (
     KeyFileWatcher,
     KeyRing,
     KeySource,
+    ScanBudget,
+    ScanRefused,
     sources_from_config,
 )
 from guestfence.host.keys import fingerprint
@@ -155,7 +157,40 @@ def test_failure_limiter_mutes_a_flooding_source_only() -> None:
         limiter.failed("10.0.0.66", 100.0)
     assert not limiter.allows("10.0.0.66", 100.0)
     assert limiter.allows("10.0.0.5", 100.0)  # another source is not affected
+    for _ in range(1000):  # a long flood does not mute the source for long after it
+        limiter.failed("10.0.0.66", 100.0)
     assert limiter.allows("10.0.0.66", 100.2)  # refilled: 2 tokens after 0.2 s
+
+
+def test_scan_budget_spares_known_requesters(
+        two_clusters: tuple[list[KeySource], bytes, bytes]) -> None:
+    sources, a, b = two_clusters
+    ring = KeyRing.load(sources, strict=True)
+    budget = ScanBudget(rate=10, burst=2)
+    assert ring.identify(request().sign(a), HashType.SHA256, hint="10.0.0.5",
+                         may_scan=lambda: budget.take(0.0))[1].cluster == "A"  # learnt
+    forged = request().sign(os.urandom(4096))
+    with pytest.raises(AuthError):
+        ring.identify(forged, HashType.SHA256, "10.0.0.66", lambda: budget.take(0.0))
+    with pytest.raises(ScanRefused):  # budget spent: unknown requesters wait
+        ring.identify(request().sign(b), HashType.SHA256, "10.0.0.7",
+                      lambda: budget.take(0.0))
+    # the known requester is tried with its own key first and never waits
+    assert ring.identify(request().sign(a), HashType.SHA256, hint="10.0.0.5",
+                         may_scan=lambda: budget.take(0.0))[1].cluster == "A"
+    assert budget.take(0.2)  # refilled
+
+
+def test_reloaded_ring_keeps_what_it_learnt(
+        tmp_path: Path, two_clusters: tuple[list[KeySource], bytes, bytes]) -> None:
+    sources, a, _ = two_clusters
+    old = KeyRing.load(sources, strict=True)
+    old.identify(request().sign(a), HashType.SHA256, hint="10.0.0.5")
+    write(tmp_path / "b.key.next", os.urandom(4096))
+    new = KeyRing.load(sources, strict=True)
+    new.adopt_hints(old)
+    assert new.identify(request().sign(a), HashType.SHA256, "10.0.0.5",
+                        may_scan=lambda: False)[1].cluster == "A"
 
 
 def test_fifty_keys_verify_fast(tmp_path: Path) -> None:

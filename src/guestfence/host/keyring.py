@@ -149,13 +149,16 @@ class KeyRing:
     def describe(self) -> list[str]:
         return [k.label for k in self.keys]
 
-    def identify(self, block: bytes, minimum: HashType,
-                 hint: str | None = None) -> tuple[FenceRequest, RingKey | None]:
+    def identify(self, block: bytes, minimum: HashType, hint: str | None = None,
+                 may_scan: Callable[[], bool] | None = None
+                 ) -> tuple[FenceRequest, RingKey | None]:
         """Decode a request and find the key that signed it.
 
-        Raises ProtocolError for a malformed block, AuthError when the request is too
-        weak or no key signed it. An unsigned request (allowed only with hash none and
-        no clusters block) comes back with no key.
+        The key that last verified a request from ``hint`` (the requester's address) is
+        tried first; the other keys only if ``may_scan()`` allows it (the flood budget),
+        else ScanRefused. Raises ProtocolError for a malformed block, AuthError when the
+        request is too weak or no key signed it. An unsigned request (allowed only with
+        hash none and no clusters block) comes back with no key.
         """
         request = parse_request(block)
         if request.hash_type < minimum:
@@ -175,12 +178,23 @@ class KeyRing:
         if hinted is not None and hinted.signs(request.hash_type, unsigned, digest):
             self._hints.move_to_end(hint)  # type: ignore[arg-type]
             return request, hinted
+        if may_scan is not None and not may_scan():
+            raise ScanRefused("not tried against every key: too many datagrams that match "
+                              "no key")
         for key in self.keys:  # at most one trial per key: the work per datagram is bounded
             if key is not hinted and key.signs(request.hash_type, unsigned, digest):
                 if hint is not None:
                     self._remember(hint, key)
                 return request, key
         raise AuthError("request signature does not match any key")
+
+    def adopt_hints(self, older: KeyRing) -> None:
+        """Keep what an older ring learnt about requesters, for the keys both rings have."""
+        by_bytes = {(k.cluster, k.key): k for k in self.keys}
+        for hint, old in older._hints.items():
+            new = by_bytes.get((old.cluster, old.key))
+            if new is not None:
+                self._hints[hint] = new
 
     def _remember(self, hint: str, key: RingKey) -> None:
         self._hints[hint] = key
@@ -233,6 +247,34 @@ class KeyFileWatcher:
         return True
 
 
+class ScanRefused(AuthError):
+    """A datagram not tried against every key: its source, or all sources together, sent
+    too many datagrams that matched no key lately."""
+
+
+class ScanBudget:
+    """A token bucket for full key scans of datagrams from requesters not known yet.
+
+    Known requesters (whose key the ring remembers) are tried with their key first and
+    never wait for this budget; so a flood from many (spoofed) addresses costs at most
+    ``rate`` full scans a second (50 keys: about 40 us each), the rest a dictionary
+    lookup, and the event loop keeps up instead of queueing genuine requests behind
+    the flood. A new requester during such a flood may need its client's retransmission.
+    """
+
+    def __init__(self, rate: float = 2000.0, burst: float = 500.0) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._when = burst, 0.0
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._when) * self.rate)
+        self._when = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class FailureLimiter:
     """Per source address, a budget of datagrams that verify with no key.
 
@@ -255,7 +297,8 @@ class FailureLimiter:
         return source not in self._budget or self._tokens(source, now) >= 1.0
 
     def failed(self, source: str, now: float) -> None:
-        self._budget[source] = (self._tokens(source, now) - 1.0, now)
+        # never below zero: a source that stops flooding is heard again within 1/rate s
+        self._budget[source] = (max(0.0, self._tokens(source, now) - 1.0), now)
         self._budget.move_to_end(source)
         while len(self._budget) > self.sources_max:
             self._budget.popitem(last=False)

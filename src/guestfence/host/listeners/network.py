@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from guestfence.errors import AuthError, ConfigError, ProtocolError
@@ -27,7 +28,7 @@ from guestfence.host.config import (
     VsockListenerConfig,
 )
 from guestfence.host.history import request_key
-from guestfence.host.keyring import FailureLimiter, RingKey
+from guestfence.host.keyring import FailureLimiter, RingKey, ScanBudget, ScanRefused
 from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request, printable
 from guestfence.virt.wire import REQUEST_SIZE, FenceRequest
 
@@ -40,11 +41,15 @@ MAX_CALLBACK_DELAY = 10.0
 REQUEST_READ_TIMEOUT = 3.0
 
 
-def _verify(service: FenceService, block: bytes, requester: str
+def _verify(service: FenceService, block: bytes, requester: str,
+            may_scan: Callable[[], bool] | None = None
             ) -> tuple[FenceRequest, RingKey | None] | None:
     """The request and the key that signed it (which names the guest cluster)."""
     try:
-        return service.keyring.identify(block, service.min_hash, hint=requester)
+        return service.keyring.identify(block, service.min_hash, hint=requester,
+                                        may_scan=may_scan)
+    except ScanRefused as e:
+        service.drop("rate-limited", requester, str(e))
     except AuthError as e:
         service.drop("auth", requester, str(e))
     except ProtocolError as e:
@@ -87,7 +92,9 @@ class MulticastListener:
         self.config = config
         self.service = service
         self._sock: socket.socket | None = None
-        self._failures = FailureLimiter()  # bounds what a flood of forged datagrams costs
+        # bound what a flood of forged datagrams costs: per source, and all together
+        self._failures = FailureLimiter()
+        self._scan_budget = ScanBudget()
 
     async def start(self) -> None:
         sock = self._make_socket()
@@ -147,10 +154,8 @@ class MulticastListener:
             svc.drop("malformed", source, f"{len(data)} bytes, expected {REQUEST_SIZE}")
             return
         now = time.monotonic()
-        if not self._failures.allows(source, now):
-            svc.drop("rate-limited", source, "too many datagrams that match no key")
-            return
-        verified = _verify(svc, data, source)
+        verified = _verify(svc, data, source, lambda: self._failures.allows(source, now)
+                           and self._scan_budget.take(now))
         if verified is None:
             self._failures.failed(source, now)
             return
