@@ -224,6 +224,9 @@ def test_a_departed_owner_is_answered_for_only_once_fenced_after_it_left() -> No
         assert h2.tracker.decide("g1") == OwnerGone("host1", True, U1, "g1")
         assert h2.tracker.snapshot().departed_unfenced == ()
         assert h3.tracker.snapshot().departed_unfenced == ("host1",)
+        # the guest restarted elsewhere: the fenced host's stale listing is no copy
+        assert h3.tracker.copies_elsewhere(U1) == ["host1"]  # not confirmed there
+        assert h2.tracker.copies_elsewhere(U1) == []
     run(body)
 
 

@@ -138,7 +138,8 @@ class CpgTracker:
         except TimeoutError as e:
             await self.stop()
             raise BackendError("host cluster: our own first announcement did not come back "
-                               f"through CPG within {FIRST_INVENTORY_TIMEOUT:.0f} s") from e
+                               f"through CPG within {FIRST_INVENTORY_TIMEOUT:.0f} s (see the "
+                               "log: listing the local domains or the CPG group failed)") from e
 
     async def stop(self) -> None:
         task, self._announcing = self._announcing, None
@@ -314,10 +315,11 @@ class CpgTracker:
         return True
 
     def copies_elsewhere(self, uuid: str) -> list[str]:
-        """Other hosts (members or not) whose listing has ``uuid`` not shut off."""
+        """Other hosts whose listing has ``uuid`` not shut off (fenced hosts' stale
+        listings do not count: nothing runs there any more)."""
         with self._lock:
             return [h for u in self.table.uuids(uuid) for h in self.table.hosts_listing(u)
-                    if h != self.me]
+                    if h != self.me and h not in self._fenced]
 
     def executor(self, host: str) -> LibvirtBackend | None:
         return self._executor if host == self.me else None
