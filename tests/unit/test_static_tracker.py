@@ -10,7 +10,7 @@ import pytest
 
 from guestfence.host.backends.tracked import TrackedBackend
 from guestfence.lab.testdriver import Guest, node_uri, write_node_xml
-from guestfence.tracking import DomainState, Kind
+from guestfence.tracking import DomainState, Kind, Owner
 from guestfence.tracking.locations import RUNNING, SHUTOFF
 from guestfence.tracking.static import StaticTracker
 from guestfence.virt.wire import Op, Result
@@ -53,14 +53,34 @@ def test_guest_on_the_wrong_host_is_reported_and_fails(caplog: pytest.LogCapture
     assert "static map violation: guest vm3 runs on host host1, mapped to host2" in caplog.text
     assert t.snapshot().violations == 1
     b = TrackedBackend(t)
-    assert b.owns("vm3")
-    assert b.execute(Op.OFF, "vm3") == Result.FAIL
-    assert b.execute(Op.STATUS, "vm3") == Result.FAIL
+    assert not b.owns("vm3")  # one answer per guest: host2, the host the map gives it
+    assert b.execute(Op.OFF, "vm3") == Result.FAIL  # asked anyway (TCP): never acted on
     t._check("host1")  # the same violation again is not counted twice
     assert t.snapshot().violations == 1
-    # host2's daemon does not see it and answers fail too (the map gives it vm3)
+    # host2's daemon does not see it and answers fail (the map gives it vm3)
     other = TrackedBackend(tracker_with({}, me="host2"))
     assert other.owns("vm3") and other.execute(Op.STATUS, "vm3") == Result.FAIL
+    # a guest in no map answers fail from the host running it
+    stray = "6f1c1e0a-2b4d-4c1e-9f00-000000000009"
+    t2 = tracker_with({stray: ("stray", RUNNING)})
+    assert TrackedBackend(t2).owns("stray")
+    assert TrackedBackend(t2).execute(Op.OFF, "stray") == Result.FAIL
+
+
+def test_a_definition_left_by_a_migration_is_not_off() -> None:
+    t = tracker_with({U1: ("vm1", RUNNING)})
+    for kind, detail in ((Kind.SUSPENDED, "MIGRATED"), (Kind.STOPPED, "MIGRATED")):
+        t._table.event("host1", U1, "vm1", kind, detail, 1.0)
+        t._event("host1", U1, "vm1", kind, detail)
+    # libvirtd restarted: the listing shows the definition left behind, shut off
+    t._table.announce("host1", {U1: DomainState("vm1", U1, SHUTOFF)}, 2.0)
+    b = TrackedBackend(t)
+    assert b.owns("vm1")
+    assert b.execute(Op.OFF, "vm1") == Result.FAIL
+    assert b.execute(Op.STATUS, "vm1") == Result.FAIL
+    t._table.event("host1", U1, "vm1", Kind.STARTED, "BOOTED", 3.0)  # started here again
+    t._event("host1", U1, "vm1", Kind.STARTED, "BOOTED")
+    assert t.decide("vm1") == Owner("host1", U1, "vm1", RUNNING)
 
 
 def test_migration_in_is_a_violation(caplog: pytest.LogCaptureFixture) -> None:

@@ -62,10 +62,15 @@ class HostsLab(StartStop):
         conf = self.scratch / f"{name}.conf"
         conf.write_text(config_text)
         conf.chmod(0o600)
-        daemon = OurDaemon(conf, namespace=self.net[namespace or name], debug=debug)
+        daemon = OurDaemon(conf, namespace=self.net[namespace or name], debug=debug,
+                           extra_args=("--admin-socket", str(self.admin_socket(name))))
         self.daemons[name] = daemon
         daemon.start(timeout=30.0)
         return daemon
+
+    def admin_socket(self, name: str) -> Path:
+        """Each daemon's own admin socket (``guestfence status --socket``)."""
+        return self.scratch / f"{name}.admin"
 
     def fence_xvm(self, key: str | os.PathLike[str], *args: str, client: str = "g",
                   timeout: float = 30.0) -> tuple[int, str]:

@@ -78,12 +78,16 @@ class HostFeed:
 
     def __init__(self, host: str, uri: str, table: LocationTable, lock: threading.Lock,
                  on_change: Callable[[str], None] = lambda _host: None,
+                 on_event: Callable[[str, str, str, Kind, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``on_change(host)`` after every change of the table; ``on_event(host, uuid, name,
+        kind, detail)`` for every lifecycle event applied (both on the asyncio loop)."""
         self.host = host
         self.uri = uri
         self.table = table
         self.lock = lock
         self.on_change = on_change
+        self.on_event = on_event
         self.clock = clock
         self.connected = False
         self.last_error: str | None = None
@@ -146,6 +150,9 @@ class HostFeed:
             self.table.announce(self.host, listing, now)
             for event in held:
                 self.table.event(self.host, *event, now)
+        for event in held:
+            if self.on_event is not None:
+                self.on_event(self.host, *event)
         self.connected, self.last_error = True, None
         log.info("host %s: libvirt at %s connected, %d domain(s)", self.host, self.uri,
                  len(listing))
@@ -228,4 +235,6 @@ class HostFeed:
         log.debug("host %s: %s %s/%s", self.host, item[1], item[2].value, item[3])
         with self.lock:
             self.table.event(self.host, *item, self.clock())
+        if self.on_event is not None:
+            self.on_event(self.host, *item)
         self.on_change(self.host)

@@ -27,6 +27,7 @@ from guestfence.tracking.libvirt_feed import HostFeed
 from guestfence.tracking.locations import (
     Ambiguous,
     Decision,
+    Kind,
     LocationTable,
     Owner,
     StaticMap,
@@ -61,7 +62,8 @@ class StaticTracker:
         self._mapping = mapping
         self._lock = threading.Lock()
         self._table = LocationTable()
-        self._feed = HostFeed(me, uri, self._table, self._lock, self._check)
+        self._feed = HostFeed(me, uri, self._table, self._lock, self._check, self._event)
+        self._migrated_away: set[str] = set()  # uuids that left by live migration
         self._executor: LibvirtBackend | None = None
         self._seen: set[tuple[str, str, str]] = set()  # violations being reported now
         self.violations = 0
@@ -120,9 +122,20 @@ class StaticTracker:
 
     # ------------------------------------------------------------------ Tracker queries
 
+    def _event(self, _host: str, uuid: str, _name: str, kind: Kind, detail: str) -> None:
+        """A guest that left by migration may leave its definition here, shut off: that is
+        not "off" (it runs elsewhere) until it starts here again."""
+        if kind is Kind.STOPPED and detail == "MIGRATED":
+            self._migrated_away.add(uuid)
+        elif kind in (Kind.STARTED, Kind.RESUMED) or kind is Kind.UNDEFINED:
+            self._migrated_away.discard(uuid)
+
     def decide(self, target: str) -> Decision:
         with self._lock:
-            return self.map.decide(self._table, target)
+            decision = self.map.decide(self._table, target)
+        if isinstance(decision, Owner) and decision.uuid in self._migrated_away:
+            return Ambiguous((self.me, "elsewhere (migrated away)"), target)
+        return decision
 
     def members(self) -> list[str]:
         return [self.me] if self._feed.connected else []
@@ -134,20 +147,21 @@ class StaticTracker:
         return self._executor if host == self.me else None
 
     def role_for(self, target: str, decision: Decision, members: list[str]) -> Role:
-        """Execute for our own guests; answer (fail) for a guest the map gives us or that
-        is here against the map; silent for the other hosts' guests."""
-        if self.me not in members:
-            return "answer" if self._mapped_here(target, decision) else "silent"
-        if isinstance(decision, Owner):
-            return "execute" if decision.host == self.me else "silent"
-        if isinstance(decision, Ambiguous) and self.me in decision.hosts:
+        """One daemon answers per guest: the host the map gives it (execute when the guest
+        is here as the map says, else fail); for a guest in no map, the host running it
+        (fail). Every other daemon stays silent."""
+        mapped = self._mapped(target, decision)
+        if self.me in mapped:
+            ours = isinstance(decision, Owner) and decision.host == self.me
+            return "execute" if ours and self.me in members else "answer"
+        if not mapped and isinstance(decision, Ambiguous) and self.me in decision.hosts:
             return "answer"
-        return "answer" if self._mapped_here(target, decision) else "silent"
+        return "silent"
 
-    def _mapped_here(self, target: str, decision: Decision) -> bool:
+    def _mapped(self, target: str, decision: Decision) -> set[str]:
         uuid = getattr(decision, "uuid", None)
         name = getattr(decision, "name", target)
-        return self.me in self.map.mapped_hosts(name, uuid) | self.map.mapped_hosts(target)
+        return self.map.mapped_hosts(name, uuid) | self.map.mapped_hosts(target)
 
     def snapshot(self) -> TrackingSnapshot:
         with self._lock:
