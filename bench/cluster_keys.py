@@ -52,6 +52,7 @@ REQUESTS = 150
 FLOOD_REQUESTS = 100
 FLOOD_RATE = 10_000
 FLOOD_SOURCES = 200
+NEW_REQUESTER_TRIALS = 5
 ADDED_LIMIT_MS = 1.0
 FLOOD_LIMIT_MS = 50.0
 PEER = str(Path(__file__).resolve().parent / "cluster_keys_peer.py")
@@ -95,7 +96,7 @@ def run_client(net: Lan, keys: Path, count: int) -> list[float]:
     r = net["g"].run([sys.executable, PEER, "client", str(keys / f"c{KEYS}.key"), "vm50",
                       str(count)], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        raise RuntimeError(f"client failed: {r.stdout}{r.stderr}")
+        raise RuntimeError(f"client failed (rc {r.returncode}): {r.stdout}{r.stderr}")
     return list(json.loads(r.stdout))
 
 
@@ -138,6 +139,28 @@ def measure_flood(net: Lan, keys: Path, sources: list[str]) -> tuple[list[float]
     for name in ("InDatagrams", "RcvbufErrors"):
         stats[name] = after[name] - before[name]
     return times, stats
+
+
+def measure_new_requester(net: Lan, tmp: Path, keys: Path, text: str,
+                          sources: list[str]) -> list[float]:
+    """The first request of a requester the daemon has not seen yet, during a flood
+    (a fresh daemon each time: it knows no requester)."""
+    times = []
+    for n in range(NEW_REQUESTER_TRIALS):
+        daemon = start_daemon(net, tmp, f"new{n}", text)
+        try:
+            proc = flood(net, sources, seconds=6.0)
+            try:
+                time.sleep(0.5)
+                times += run_client(net, keys, 1)
+                proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            daemon.stop()
+    return times
 
 
 def body(lab: Lab, summary: Summary) -> None:
@@ -184,6 +207,8 @@ def _measure(lab: Lab, net: Lan, keys: Path, texts: dict[str, str], summary: Sum
     finally:
         daemon.stop()
     one, many = Stats.of(one_times), Stats.of(many_times)
+    new_one = measure_new_requester(net, lab.tmp, keys, texts[CONFIGS[2]], [])
+    new_many = measure_new_requester(net, lab.tmp, keys, texts[CONFIGS[2]], extra)
 
     rows = [[c, stats[c].n, stats[c].median, stats[c].p90, stats[c].max] for c in CONFIGS]
     rows += [["flood: none (50 keys)", quiet.n, quiet.median, quiet.p90, quiet.max],
@@ -208,6 +233,11 @@ def _measure(lab: Lab, net: Lan, keys: Path, texts: dict[str, str], summary: Sum
     summary.add(f"flood {FLOOD_SOURCES} sources ({many_rate['sent']:.0f} datagrams, "
                 f"{many_rate['rate']:.0f}/s): median {many.median:.2f} ms, p90 {many.p90:.2f}, "
                 f"max {many.max:.2f}; daemon drop log lines (rate-limited): {drops}")
+    for label, times in (("1-source", new_one), (f"{FLOOD_SOURCES}-source", new_many)):
+        summary.add(f"first request of a requester not known yet, during the {label} flood: "
+                    + ", ".join(f"{t * 1000:.0f}" for t in times) + " ms")
+    summary.add("(a datagram of an unknown requester not tried within the scan budget waits "
+                "for its client's retransmission, 2 s)")
     summary.checks += [
         Check(f"(a) added median latency, {KEYS} keys vs 1", added, ADDED_LIMIT_MS, " ms"),
         Check("(b) flood from 1 source: median delay", one.median - quiet.median,
@@ -216,6 +246,10 @@ def _measure(lab: Lab, net: Lan, keys: Path, texts: dict[str, str], summary: Sum
               many.median - quiet.median, FLOOD_LIMIT_MS, " ms"),
         Check(f"(b) flood from {FLOOD_SOURCES} sources: p90 delay", many.p90 - quiet.p90,
               FLOOD_LIMIT_MS, " ms"),
+        Check("(b) new requester during the 1-source flood: worst first request",
+              max(new_one) * 1000 - quiet.median, FLOOD_LIMIT_MS, " ms"),
+        Check(f"(b) new requester during the {FLOOD_SOURCES}-source flood: worst first "
+              "request", max(new_many) * 1000 - quiet.median, FLOOD_LIMIT_MS, " ms"),
         Check("(b) worst request under either flood: max - quiet median",
               max(one.max, many.max) - quiet.median, FLOOD_LIMIT_MS, " ms"),
         Check("(b) datagrams the kernel dropped for a full socket buffer (may include genuine "
@@ -224,7 +258,9 @@ def _measure(lab: Lab, net: Lan, keys: Path, texts: dict[str, str], summary: Sum
               max(0.0, FLOOD_RATE - min(one_rate["rate"], many_rate["rate"])), 500.0, "/s"),
     ]
     summary.data = {"stats": stats, "ring_costs_us": costs, "quiet": quiet, "flood_one": one,
-                    "flood_many": many, "after": after, "flood_rates": [one_rate, many_rate]}
+                    "flood_many": many, "after": after, "flood_rates": [one_rate, many_rate],
+                    "new_requester_one_source_s": new_one,
+                    "new_requester_many_sources_s": new_many}
 
 
 if __name__ == "__main__":

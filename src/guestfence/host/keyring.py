@@ -279,13 +279,15 @@ class FailureLimiter:
     """Per source address, a budget of datagrams that verify with no key.
 
     A source that spent its budget (a burst of ``burst``, refilled at ``rate`` per
-    second) has its datagrams dropped before any key is tried, until the budget
-    refills. Guests send one datagram per retransmit interval (2 s), so only a
-    flooding source is ever limited; its flood then costs a dictionary lookup per
-    datagram instead of one trial per key.
+    second) has its datagrams tried only against the key it last verified with (if
+    any), not against every key, until the budget refills. A guest with the right key
+    never fails, so only a flooding (or misconfigured) source is ever limited; its
+    flood then costs a dictionary lookup per datagram instead of one trial per key,
+    and leaves the global ScanBudget to the requesters the daemon does not know yet.
     """
 
-    def __init__(self, rate: float = 20.0, burst: float = 40.0, sources_max: int = 4096) -> None:
+    def __init__(self, rate: float = 1.0, burst: float = 5.0,
+                 sources_max: int = 65536) -> None:
         self.rate, self.burst, self.sources_max = rate, burst, sources_max
         self._budget: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
 
