@@ -19,24 +19,26 @@ from pathlib import Path
 
 from guestfence.lab.libvirtd import LibvirtLab
 from guestfence.lab.lifecycle import StartStop
-from guestfence.lab.netns import Lan, build_lan, run_prefix
+from guestfence.lab.netns import TEST_PREFIX, Lan, build_lan, run_prefix
 from guestfence.lab.ourdaemon import OurDaemon, venv_tool
 
 
 class HostsLab(StartStop):
     def __init__(self, scratch: str | os.PathLike[str], hosts: Sequence[str] = ("h1", "h2"),
-                 clients: Sequence[str] = ("g",), subnet: str = "10.231.9") -> None:
+                 clients: Sequence[str] = ("g",), subnet: str = "10.231.9",
+                 ns_prefix: str = TEST_PREFIX) -> None:
         self.scratch = Path(scratch)
         self.host_names = tuple(hosts)
         self.client_names = tuple(clients)
         self.subnet = subnet
+        self.ns_prefix = ns_prefix
         self.net: Lan | None = None
         self.labs: dict[str, LibvirtLab] = {}
         self.daemons: dict[str, OurDaemon] = {}
 
     def start(self) -> HostsLab:
         try:
-            self.net = build_lan(run_prefix(), [*self.host_names, *self.client_names],
+            self.net = build_lan(run_prefix(self.ns_prefix), [*self.host_names, *self.client_names],
                                  subnet=self.subnet, subnet6=None)
             for host in self.host_names:
                 lab = LibvirtLab(self.scratch / host, self.net[host],
