@@ -88,7 +88,7 @@ test: test-deps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 bench: setup $(STAMP_BENCH)
-	@for b in bench/*.py; do [ "$$(basename $$b)" = common.py ] && continue; \
+	@for b in bench/*.py; do case "$$(basename $$b)" in common.py|_*) continue;; esac; \
 		echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # man/ is generated from the option definitions (tests check it is up to date)

@@ -55,7 +55,7 @@ FLOOD_SOURCES = 200
 NEW_REQUESTER_TRIALS = 5
 ADDED_LIMIT_MS = 1.0
 FLOOD_LIMIT_MS = 50.0
-PEER = str(Path(__file__).resolve().parent / "cluster_keys_peer.py")
+PEER = str(Path(__file__).resolve().parent / "_cluster_keys_peer.py")
 CONFIGS = ("single key (no clusters block)", "1 cluster key", f"{KEYS} cluster keys")
 
 

@@ -1,7 +1,7 @@
 """The processes bench/cluster_keys.py runs inside its namespaces (not a benchmark itself).
 
-    python bench/cluster_keys_peer.py client KEY TARGET COUNT   -> JSON list of seconds
-    python bench/cluster_keys_peer.py flood ADDRESS RATE SECONDS [SOURCES...] -> JSON stats
+    python bench/_cluster_keys_peer.py client KEY TARGET COUNT   -> JSON list of seconds
+    python bench/_cluster_keys_peer.py flood ADDRESS RATE SECONDS [SOURCES...] -> JSON stats
 
 ``client`` times COUNT fence_xvm status requests in one process (our client's
 multicast exchange), so interpreter start-up does not bury a sub-millisecond
