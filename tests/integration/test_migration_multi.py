@@ -50,8 +50,9 @@ def lines(daemon: OurDaemon, guest: str, action: str) -> list[str]:
     return [x for x in daemon.request_lines() if f"target={guest} action={action} " in x]
 
 
-def counts(lab: HostsLab, guest: str, action: str) -> dict[str, int]:
-    return {h: len(lines(d, guest, action)) for h, d in lab.daemons.items()}
+def counts(lab: HostsLab, guest: str, action: str, total: int) -> dict[str, int]:
+    """Request lines per daemon once ``total`` are logged in all."""
+    return lab.request_counts(guest, action, total)
 
 
 def gone(pid: int) -> bool:
@@ -83,7 +84,7 @@ def test_status_and_off_follow_a_live_migration(hosts: HostsLab, tmp_key: Path) 
     h1, h2 = lab.labs["h1"], lab.labs["h2"]
     h1.define_and_start("g1", memory_mib=32)
     assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "g1") == (0, "Status: ON"), lab.logs()
-    assert counts(lab, "g1", "status") == {"h1": 1, "h2": 0}
+    assert counts(lab, "g1", "status", 1) == {"h1": 1, "h2": 0}
 
     # requests during the migration: each answered ON, each by one daemon only
     worker, result = migrate_in_background(lab, "g1", "h1", "h2")
@@ -97,12 +98,13 @@ def test_status_and_off_follow_a_live_migration(hosts: HostsLab, tmp_key: Path) 
     assert answers and all(a == (0, "Status: ON") for a in answers), (answers, lab.logs())
     assert h2.domain_state("g1") == VIR_DOMAIN_RUNNING
     assert h1.domain_state("g1") == VIR_DOMAIN_SHUTOFF  # the definition stays behind
-    assert sum(counts(lab, "g1", "status").values()) == 1 + len(during), lab.logs()
+    total = 1 + len(during)
+    assert sum(counts(lab, "g1", "status", total).values()) == total, lab.logs()
 
     # right after: the new owner answers, the old one stays silent
-    before = counts(lab, "g1", "status")
+    before = counts(lab, "g1", "status", total)
     assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "g1") == (0, "Status: ON")
-    after = counts(lab, "g1", "status")
+    after = counts(lab, "g1", "status", total + 1)
     assert (after["h1"] - before["h1"], after["h2"] - before["h2"]) == (0, 1), lab.logs()
 
     pid = h2.qemu_pid("g1")
@@ -110,7 +112,7 @@ def test_status_and_off_follow_a_live_migration(hosts: HostsLab, tmp_key: Path) 
     assert lab.fence_xvm(tmp_key, "-o", "off", "-H", "g1")[0] == 0, lab.logs()
     assert gone(pid), f"qemu {pid} of g1 still exists after off returned"
     assert h1.qemu_pids("g1") == [] and h2.qemu_pids("g1") == []
-    assert counts(lab, "g1", "off") == {"h1": 0, "h2": 1}
+    assert counts(lab, "g1", "off", 1) == {"h1": 0, "h2": 1}
     assert "outcome=success" in lines(lab.daemons["h2"], "g1", "off")[0]
     assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "g1") == (2, "Status: OFF")
 
@@ -134,7 +136,7 @@ def test_off_during_a_migration_leaves_no_guest(hosts: HostsLab, tmp_key: Path) 
         assert state != VIR_DOMAIN_RUNNING, lab.logs()
     worker.join(60)  # the migration fails (its source died) or had finished: either way
     assert h1.qemu_pids("g2") == [] and h2.qemu_pids("g2") == [], lab.logs()
-    assert sum(counts(lab, "g2", "off").values()) == 1, lab.logs()
+    assert sum(counts(lab, "g2", "off", 1).values()) == 1, lab.logs()
 
 
 def test_unreachable_host_fails_never_off(hosts: HostsLab, tmp_key: Path) -> None:
@@ -149,7 +151,7 @@ def test_unreachable_host_fails_never_off(hosts: HostsLab, tmp_key: Path) -> Non
     assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "g3", "-t", "10")[0] == 1
     assert time.monotonic() - t0 < 15  # answered (fail), not left to time out
     # exactly one daemon (h2: the lowest reachable host) answered, and said why
-    assert counts(lab, "g3", "off") == {"h1": 0, "h2": 1}
+    assert counts(lab, "g3", "off", 1) == {"h1": 0, "h2": 1}
     assert "outcome=fail" in lines(lab.daemons["h2"], "g3", "off")[0]
     lab.daemons["h2"].wait_for_log("g3: owner h1 left the host cluster and is not confirmed "
                                    "fenced: fail")

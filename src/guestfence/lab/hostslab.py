@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,6 +89,22 @@ class HostsLab(StartStop):
         return self.net[client].popen([venv_tool("fence_xvm"), "-k", str(key), *args],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True)
+
+    def request_lines(self, guest: str, action: str | None = None) -> dict[str, list[str]]:
+        """Each daemon's request log lines for ``guest`` (and ``action``)."""
+        needle = f"target={guest} " + (f"action={action} " if action else "")
+        return {n: [x for x in d.request_lines() if needle in x] for n, d in self.daemons.items()}
+
+    def request_counts(self, guest: str, action: str | None = None, total: int | None = None,
+                       timeout: float = 10.0) -> dict[str, int]:
+        """Request lines per daemon, once ``total`` lines in all are logged (a daemon logs
+        just after it answered, so the line may trail the client's exit)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {n: len(x) for n, x in self.request_lines(guest, action).items()}
+            if total is None or sum(found.values()) >= total or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
 
     def logs(self) -> str:
         """Every daemon's log and every libvirtd's tail, for a failure message."""
