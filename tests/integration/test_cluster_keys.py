@@ -31,6 +31,8 @@ from guestfence.lab.testdriver import Guest, node_element, node_uri
 pytestmark = pytest.mark.integration
 
 C_FENCE_XVM = "/usr/sbin/fence_xvm"
+C_FENCE_VIRT = "/usr/sbin/fence_virt"
+TCP_PORT = 1230
 UUID = "11111111-1111-1111-1111-0000000000{:02d}"
 RELOAD_LINE = "keys reloaded"
 
@@ -79,10 +81,12 @@ def node_with_tags(path: Path, guests: list[Guest], tags: dict[str, str]) -> Non
     path.write_text(ET.tostring(node, encoding="unicode"))
 
 
-def daemon_config(uri: str, keys: Path) -> str:
+def daemon_config(uri: str, keys: Path, listener: str = "multicast") -> str:
+    settings = 'interface = "eth0";' if listener == "multicast" else \
+        f'address = "127.0.0.1"; port = "{TCP_PORT}";'
     return f"""
-fence_virtd {{ listener = "multicast"; backend = "libvirt"; }}
-listeners {{ multicast {{ interface = "eth0"; }} }}
+fence_virtd {{ listener = "{listener}"; backend = "libvirt"; }}
+listeners {{ {listener} {{ {settings} }} }}
 backends {{ libvirt {{ uri = "{uri}"; }} }}
 clusters {{
     A {{
@@ -208,3 +212,36 @@ def test_rotation_old_and_new_key_then_only_the_new_one(two_clusters: TwoCluster
     assert "keys reloaded (SIGHUP)" in w.daemon.log_text()
     r = w.fence_xvm("ga", "-o", "status", "-H", "web1", key=new_copy)
     assert (r.returncode, r.stdout.strip()) == (0, "Status: ON"), r.stderr
+
+
+def test_tcp_listener_tells_clusters_apart_too(two_clusters: TwoClusters, tmp_path: Path) -> None:
+    """fence_virt -T: the block's signature names the cluster; the challenge/response that
+    follows on the same connection must then succeed with that cluster's key."""
+    w = two_clusters
+    conf = tmp_path / "tcp.conf"
+    conf.write_text(daemon_config(node_uri(tmp_path / "node.xml"), w.keys, listener="tcp"))
+    conf.chmod(0o600)
+    daemon = OurDaemon(conf, namespace=w.net["h"], debug=1).start()
+    try:
+        def virt(key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+            return w.net["h"].run([C_FENCE_VIRT, "-T", "127.0.0.1", "-p", str(TCP_PORT),
+                                   "-k", str(key), *args], capture_output=True, text=True,
+                                  timeout=30)
+
+        a, b = w.guest_keys["ga"], w.guest_keys["gb"]
+        r = virt(a, "-o", "list")
+        assert r.returncode == 0 and [x.split()[0] for x in r.stdout.splitlines()] == \
+            ["web1", "web2"], r.stdout + r.stderr
+        r = virt(b, "-o", "list")
+        assert [x.split()[0] for x in r.stdout.splitlines()] == ["db1", "db2"]
+        r = virt(a, "-o", "status", "-H", "web2")
+        assert (r.returncode, r.stdout.strip()) == (0, "Status: ON"), r.stderr
+        r = virt(b, "-o", "off", "-H", "web2")
+        assert r.returncode == 3, r.stdout + r.stderr
+        unknown = tmp_path / "stranger.key"
+        write_key(unknown)
+        r = virt(unknown, "-o", "status", "-H", "web2")
+        assert r.returncode != 0 and "Status" not in r.stdout
+        assert any("cluster=B" in x and "outcome=denied" in x for x in daemon.request_lines())
+    finally:
+        daemon.stop()
