@@ -102,3 +102,12 @@ def test_start_with_one_host_down_and_all_down(tmp_path: Path) -> None:
 def test_empty_hosts_refused() -> None:
     with pytest.raises(BackendError):
         MultiLibvirtTracker({}, None)
+
+
+def test_admin_view_fields() -> None:
+    t = offline(None, {"h1": {U1: "vm1"}}, reachable=("h1",))
+    b = TrackedBackend(t)
+    assert b.uris == ("test:///h1", "test:///h2", "test:///h3")
+    assert b.healthy()  # a management daemon needs one reachable host
+    assert not TrackedBackend(offline("h3", {}, reachable=("h1",))).healthy()
+    assert b.host_list()[0].name == "vm1"

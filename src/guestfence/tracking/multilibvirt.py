@@ -49,6 +49,7 @@ class MultiLibvirtTracker:
         if not hosts:
             raise BackendError("multi-libvirt mode needs at least one host")
         self.hosts = dict(hosts)
+        self.uris = tuple(hosts.values())
         self.me = me or ""
         self.answers_all = me is None
         """No host_name: one management daemon that answers for every host."""

@@ -57,6 +57,7 @@ class StaticTracker:
                  name_mode: str = "name") -> None:
         self.me = me
         self.uri = uri
+        self.uris = (uri,)
         self.name_mode = name_mode
         self.map = StaticMap(mapping)
         self._mapping = mapping

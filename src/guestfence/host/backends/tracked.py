@@ -208,6 +208,16 @@ class TrackedBackend:
     def snapshot(self) -> TrackingSnapshot:
         return self.tracker.snapshot()
 
+    @property
+    def uris(self) -> tuple[str, ...]:
+        """The libvirt URIs the tracker follows, when it says (for the admin view)."""
+        return tuple(getattr(self.tracker, "uris", ()) or ())
+
+    def healthy(self) -> bool:
+        """This daemon can answer: its host is a member (or, answering for every host,
+        at least one host is reachable)."""
+        return self._can_answer()
+
     # ------------------------------------------------------------ operations
 
     def execute(self, op: int, target: str) -> int:
