@@ -111,3 +111,54 @@ def test_admin_view_fields() -> None:
     assert b.healthy()  # a management daemon needs one reachable host
     assert not TrackedBackend(offline("h3", {}, reachable=("h1",))).healthy()
     assert b.host_list()[0].name == "vm1"
+
+
+# -- the libvirt feed: hold-back during a listing, loss and reconnect ----------------------
+
+
+def test_feed_applies_events_that_arrive_during_the_listing_after_it() -> None:
+    import threading
+
+    from guestfence.tracking import LocationTable
+    from guestfence.tracking.libvirt_feed import HostFeed
+    from guestfence.tracking.locations import SHUTOFF
+
+    async def scenario() -> None:
+        table, lock = LocationTable(), threading.Lock()
+        feed = HostFeed("h1", "fake:///", table, lock)
+        feed._loop = asyncio.get_running_loop()
+        attempts: list[int] = []
+
+        def fake_open() -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise OSError("cannot connect to libvirt at fake:///: refused")
+
+        def fake_list() -> dict[str, DomainState]:
+            listed = {U1: DomainState("vm1", U1, RUNNING)}  # taken before the stop below
+            done = threading.Event()
+            feed._post(feed._apply, (U1, "vm1", Kind.STOPPED, "DESTROYED"))
+            feed._post(done.set)  # callbacks run in order: the event was handled first
+            assert done.wait(5)
+            return listed
+
+        feed._open = fake_open  # type: ignore[method-assign]
+        feed._list = fake_list  # type: ignore[method-assign]
+        feed._close = lambda: None  # type: ignore[method-assign]
+        await feed.start()  # the first attempt fails; start returns after it
+        assert not feed.connected and "refused" in (feed.last_error or "")
+        for _ in range(500):  # retried after the first backoff step
+            if feed.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert feed.connected and table.members() == ["h1"]
+        assert table.owner("vm1") == Owner("h1", U1, "vm1", SHUTOFF)  # the event won
+        feed._lost.set()  # libvirtd went away
+        for _ in range(500):
+            if not feed.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert table.members() == []
+        await feed.stop()
+
+    asyncio.run(scenario())
