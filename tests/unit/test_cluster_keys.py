@@ -77,7 +77,7 @@ def test_ring_refuses_unknown_key_weak_hash_and_bad_padding(
         two_clusters: tuple[list[KeySource], bytes, bytes]) -> None:
     sources, a, _ = two_clusters
     ring = KeyRing.load(sources, strict=True)
-    with pytest.raises(AuthError, match="does not match any key"):
+    with pytest.raises(AuthError, match="does not match any of the 2 keys"):
         ring.identify(request().sign(os.urandom(4096)), HashType.SHA256)
     with pytest.raises(AuthError, match="weaker"):
         ring.identify(request(hash_type=HashType.SHA1).sign(a), HashType.SHA256)

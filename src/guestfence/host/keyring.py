@@ -171,7 +171,7 @@ class KeyRing:
         size = _DIGEST_SIZES[request.hash_type]
         field_bytes = block[_HASH_OFFSET:]
         if any(field_bytes[size:]):  # the C client pads with zeros; nothing else verifies
-            raise AuthError("request signature does not match any key")
+            raise AuthError(self._no_match())
         digest = field_bytes[:size]
         unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
         hinted = self._hints.get(hint) if hint is not None else None
@@ -186,7 +186,12 @@ class KeyRing:
                 if hint is not None:
                     self._remember(hint, key)
                 return request, key
-        raise AuthError("request signature does not match any key")
+        raise AuthError(self._no_match())
+
+    def _no_match(self) -> str:
+        if len(self.keys) <= 1:
+            return "request signature does not match the key"
+        return f"request signature does not match any of the {len(self.keys)} keys"
 
     def adopt_hints(self, older: KeyRing) -> None:
         """Keep what an older ring learnt about requesters, for the keys both rings have."""
