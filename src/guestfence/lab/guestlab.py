@@ -248,7 +248,8 @@ class GuestLab:
             keys = set(self.lun_keys())
             started = self.started_resources()
             if want <= keys and {guestcib.XVM_DEVICE, guestcib.SCSI_DEVICE,
-                                 guestcib.RESOURCE} <= set(started):
+                                 guestcib.RESOURCE} <= set(started) and not any(
+                    e.get("status") == "pending" for e in self.fence_history("*")):
                 break
             if time.monotonic() > deadline:
                 raise LabError(f"nodes not unfenced / resources not started after {timeout:g} s"
@@ -326,6 +327,19 @@ class GuestLab:
                 found[res.get("id", "")] = node.get("name", "")
         return found
 
+    def fence_history(self, target: str) -> list[dict[str, str]]:
+        """The fencer's operations on ``target`` (``*``: all), newest first, as attributes
+        of ``stonith_admin --history --verbose`` (action, target, status, client, ...)."""
+        import xml.etree.ElementTree as ET
+
+        try:
+            out = self.node_with_stack().run(
+                ["stonith_admin", "--history", target, "--verbose", "--output-as=xml"]).stdout
+            root = ET.fromstring(out[out.index("<"):])
+        except (ValueError, ET.ParseError, LabError):
+            return []
+        return [dict(e.attrib) for e in root.iter("fence_event")]
+
     def guest_power(self, node: str, timeout: int = 3) -> str:
         """``on``/``off`` as the guest's host daemon answers our fence_xvm, else ``unknown``."""
         done = self.namespace(STORAGE).run(
@@ -343,6 +357,30 @@ class GuestLab:
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise LabError(f"power on {node} failed: {done.stdout}{done.stderr}")
+
+    def restart_guest(self, node: str, timeout: float = 90.0) -> None:
+        """Bring a fenced node back: its host daemon running, the guest on, its stack
+        started, unfenced again (key on the LUN) and every node online."""
+        host = self.host_of(node)
+        pid = self.state["hosts"][host].get("pid")
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            self.start_host_daemon(host)
+        assert self.cluster is not None
+        self.cluster.node(node).kill_stack()  # a guest that was off runs nothing
+        if self.guest_power(node) != "on":
+            self.power_on(node)
+        since = time.time()
+        self.cluster.restart_node(node, timeout)
+        # a fenced node is unfenced again when it rejoins: wait for that to have happened
+        # (its key may still be on the LUN from before, so the keys alone do not tell)
+        deadline = time.monotonic() + timeout
+        while not any(e.get("action") == "on" and e.get("status") == "success"
+                      and completed_at(e) >= int(since) for e in self.fence_history(node)):
+            if time.monotonic() > deadline:
+                raise LabError(f"{node} was not unfenced after rejoining: "
+                               f"{self.fence_history(node)}")
+            time.sleep(0.3)
+        self._wait_unfenced(timeout)
 
     def stop_host_daemon(self, host: str) -> None:
         pid = int(self.state["hosts"][host]["pid"])
@@ -376,6 +414,17 @@ class GuestLab:
         """SCSI status of a WRITE sent from ``node`` with its fence_scsi initiator identity."""
         initiator = f"iqn.2026-11.org.guestfence:{node}"  # fence_scsi's default: the hostname
         return str(self._probe(node, "write", self.lun_url, initiator)["status"])
+
+
+def completed_at(event: Mapping[str, str]) -> float:
+    """When a fence_event completed (POSIX time, whole seconds); 0 if it has not."""
+    from datetime import UTC, datetime
+
+    try:
+        done = datetime.strptime(event["completed"], "%Y-%m-%d %H:%M:%SZ")
+    except (KeyError, ValueError):
+        return 0.0
+    return done.replace(tzinfo=UTC).timestamp()
 
 
 def check_can_run() -> None:
