@@ -155,3 +155,27 @@ def test_unreachable_host_fails_never_off(hosts: HostsLab, tmp_key: Path) -> Non
     assert "outcome=fail" in lines(lab.daemons["h2"], "g3", "off")[0]
     lab.daemons["h2"].wait_for_log("g3: owner h1 left the host cluster and is not confirmed "
                                    "fenced: fail")
+
+
+def test_partitioned_host_fails_then_comes_back(hosts: HostsLab, tmp_key: Path) -> None:
+    """h1's link to the LAN drops: its guest is never reported off; h2 answers fail once
+    keepalive gives h1 up, and follows h1 again when the link is back."""
+    lab = hosts
+    assert lab.net is not None
+    pid = lab.labs["h1"].define_and_start("g4", memory_mib=32)
+    assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "g4") == (0, "Status: ON"), lab.logs()
+    lab.net.bridge.ip("link", "set", "veth1", "down")  # h1 is veth1 on the bridge
+    try:
+        lab.daemons["h2"].wait_for_log("host h1: libvirt connection to", timeout=30)
+        assert lab.fence_xvm(tmp_key, "-o", "off", "-H", "g4", "-t", "10")[0] == 1, lab.logs()
+        assert lab.request_counts("g4", "off", 1)["h2"] == 1
+        assert "outcome=fail" in lines(lab.daemons["h2"], "g4", "off")[0]
+        assert not gone(pid) and lab.labs["h1"].qemu_pid("g4") == pid  # never acted on
+    finally:
+        lab.net.bridge.ip("link", "set", "veth1", "up")
+    deadline = time.monotonic() + 30
+    while lab.daemons["h2"].log_text().count("host h1: libvirt at") < 2:  # reconnected
+        assert time.monotonic() < deadline, lab.logs()
+        time.sleep(0.05)
+    while lab.fence_xvm(tmp_key, "-o", "status", "-H", "g4", "-t", "3") != (0, "Status: ON"):
+        assert time.monotonic() < deadline, lab.logs()

@@ -25,12 +25,13 @@ Who answers on a shared multicast group (docs/decisions.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guestfence.errors import BackendError
-from guestfence.tracking.libvirt_feed import HostFeed
+from guestfence.tracking.libvirt_feed import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, HostFeed
 from guestfence.tracking.locations import Decision, LocationTable, acting_host
 from guestfence.tracking.static import decision_kind
 from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
@@ -40,6 +41,25 @@ if TYPE_CHECKING:
     from guestfence.host.config import BackendConfig
 
 log = logging.getLogger("guestfenced")
+
+
+def _keepalive_backend(uri: str) -> LibvirtBackend:
+    """A LibvirtBackend whose connections probe the host: a call to a host that
+    vanished (partition) fails after about KEEPALIVE_INTERVAL * (COUNT + 1) seconds
+    instead of hanging on TCP."""
+    import libvirt
+
+    from guestfence.host.backends.libvirt import LibvirtBackend
+
+    class KeptAlive(LibvirtBackend):
+        @staticmethod
+        def _open(uri: str) -> Any:
+            conn = LibvirtBackend._open(uri)
+            with contextlib.suppress(libvirt.libvirtError):  # local drivers have none
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            return conn
+
+    return KeptAlive([uri])
 
 
 class MultiLibvirtTracker:
@@ -106,10 +126,8 @@ class MultiLibvirtTracker:
         with self._exec_lock:
             ex = self._executors.get(host)
             if ex is None:
-                from guestfence.host.backends.libvirt import LibvirtBackend
-
                 try:
-                    ex = self._executors[host] = LibvirtBackend([uri])
+                    ex = self._executors[host] = _keepalive_backend(uri)
                 except BackendError as e:
                     log.warning("host %s: %s", host, e)
                     return None
