@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -26,7 +27,8 @@ from guestfence.host.keys import fingerprint
 from guestfence.lab.cfence import write_key
 from guestfence.lab.netns import Lan
 from guestfence.lab.ourdaemon import OurDaemon, venv_tool
-from guestfence.lab.testdriver import Guest, node_element, node_uri
+from guestfence.lab.testdriver import Guest, node_element, node_uri, write_node_xml
+from guestfence.virt.wire import Op, SerialRequest, find_serial_response
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +247,68 @@ def test_tcp_listener_tells_clusters_apart_too(two_clusters: TwoClusters, tmp_pa
         assert any("cluster=B" in x and "outcome=denied" in x for x in daemon.request_lines())
     finally:
         daemon.stop()
+
+
+# ---------------------------------------------------------------------------- serial
+
+
+def serial_ask(conn: socket.socket, op: Op, domain: str, seqno: int) -> int:
+    """Write a serial request as the guest's fence_virt would; the daemon's result byte."""
+    conn.sendall(SerialRequest(op=op, domain=domain, seqno=seqno).pack())
+    buffer = b""
+    while True:
+        code, used = find_serial_response(buffer)
+        buffer = buffer[used:]
+        if code is not None:
+            return code
+        chunk = conn.recv(4096)
+        assert chunk, "the daemon closed the serial socket"
+        buffer += chunk
+
+
+def test_serial_requests_belong_to_the_requesting_guests_cluster(tmp_path: Path) -> None:
+    """No key on the serial path: the guest a request comes from (its socket) names the
+    cluster. Here we play qemu: bind each guest's serial socket, accept the daemon. (The
+    clusters' key files are not read for the serial listener.)"""
+    names = ["web1", "db1", "stray"]
+    guests = [Guest(name=n, uuid=UUID.format(i), serial_socket=str(tmp_path / f"{n}.sock"))
+              for i, n in enumerate(names, 1)]
+    uri = write_node_xml(tmp_path / "node.xml", guests)
+    listeners: dict[str, socket.socket] = {}
+    conns: dict[str, socket.socket] = {}
+    conf = tmp_path / "serial.conf"
+    conf.write_text(f"""
+fence_virtd {{ listener = "serial"; backend = "libvirt"; }}
+listeners {{ serial {{ uri = "{uri}"; mode = "serial"; }} }}
+backends {{ libvirt {{ uri = "{uri}"; }} }}
+clusters {{
+    A {{ key_file = "{tmp_path}/a.key"; guests = "web1"; }}
+    B {{ key_file = "{tmp_path}/b.key"; pattern = "db*"; }}
+}}
+""")
+    conf.chmod(0o600)
+    daemon = OurDaemon(conf, debug=1)
+    try:
+        for g in guests:
+            assert g.serial_socket is not None
+            listeners[g.name] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listeners[g.name].bind(g.serial_socket)
+            listeners[g.name].listen(1)
+            listeners[g.name].settimeout(15)
+        daemon.start()
+        for name, sock in listeners.items():
+            conns[name], _ = sock.accept()
+            conns[name].settimeout(15)
+        assert serial_ask(conns["web1"], Op.STATUS, "web1", 1) == 0
+        assert serial_ask(conns["web1"], Op.OFF, "db1", 2) == 3
+        assert serial_ask(conns["db1"], Op.STATUS, "db1", 3) == 0
+        assert serial_ask(conns["db1"], Op.OFF, "web1", 4) == 3
+        assert serial_ask(conns["stray"], Op.STATUS, "web1", 5) == 3  # bound to no cluster
+        assert serial_ask(conns["web1"], Op.STATUS, "web1", 6) == 0  # nothing was fenced
+        lines = daemon.request_lines()
+        assert any("target=db1 action=off" in x and "cluster=A" in x and "outcome=denied" in x
+                   for x in lines)
+    finally:
+        daemon.stop()
+        for s in [*conns.values(), *listeners.values()]:
+            s.close()
