@@ -208,14 +208,21 @@ async def watch_keys(service: FenceService, config: Config, reload_now: asyncio.
     so that a retired key stops working within a second, without a restart."""
     sources = _key_sources(config)
     watcher = KeyFileWatcher(sources)
+    retry = False
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reload_now.wait(), KEY_POLL_SECONDS)
         forced = reload_now.is_set()
         reload_now.clear()
-        if not watcher.changed() and not forced:
+        try:
+            if not watcher.changed() and not forced and not retry:
+                continue
+            ring = await asyncio.to_thread(KeyRing.load, sources, strict=False)
+            retry = False
+        except Exception:  # the watcher must outlive any surprise, or rotation stops
+            log.exception("reloading the keys failed; trying again in %.1f s", KEY_POLL_SECONDS)
+            retry = True
             continue
-        ring = await asyncio.to_thread(KeyRing.load, sources, strict=False)
         ring.adopt_hints(service.keyring)
         service.keyring = ring
         log.info("keys reloaded%s: %s", " (SIGHUP)" if forced else "",
