@@ -125,6 +125,10 @@ class HostFeed:
                 if failures == 0:
                     log.error("host %s: %s; retrying", self.host, e)
                 failures += 1
+            except Exception as e:  # a bug must not stop following the host for good
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("host %s: following libvirt failed; retrying", self.host)
+                failures += 1
             finally:
                 self._first.set()
             if self.connected:
