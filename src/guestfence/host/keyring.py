@@ -11,9 +11,11 @@ after the key prefix (``hashlib`` objects can be copied), so one trial only
 hashes the 176-byte block: about 0.4 us per key, 20 us for 50 keys. The key
 that last verified a request from the same requester is tried first, so a
 valid request normally costs one trial. Every datagram costs at most one
-trial per key, whatever it contains: that bound, and the per-source limiter
-of the multicast listener, keep a flood of forged datagrams from delaying
-genuine requests.
+trial per key, whatever it contains; on the multicast listener, where source
+addresses can be forged, a source whose datagrams keep matching no key is
+limited (FailureLimiter) and full scans for requesters not known yet share a
+global budget (ScanBudget), so a flood of forged datagrams costs a few
+microseconds each and does not delay genuine requests (bench/cluster_keys.py).
 
 Rotation. Each cluster (and the single key of an old-style config) may have a
 successor key file (default ``<key_file>.next``). While it exists both keys
