@@ -1,4 +1,10 @@
-"""Where guests run across hosts and live migrations: a pure core (:mod:`.locations`)."""
+"""Where guests run across hosts and live migrations: a pure core (:mod:`.locations`).
+
+The trackers of the three host modes sit on it behind :mod:`.tracker`'s seam:
+:mod:`.static` (a host -> guests map), :mod:`.hostcluster` (corosync CPG) and
+:mod:`.multilibvirt` (libvirt connections to every host); :mod:`.factory` makes
+the one a config asks for, and ``host/backends/tracked.py`` serves requests with it.
+"""
 
 from guestfence.tracking.locations import (
     Ambiguous,
