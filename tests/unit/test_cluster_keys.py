@@ -444,3 +444,19 @@ def _records(stream: bytes) -> list[HostRecord]:
             break
         out.append(record)
     return out
+
+
+def test_groups_still_apply_on_top_of_clusters() -> None:
+    from guestfence.host.config import Group
+
+    backend = Backend()
+    svc = clustered_service(backend)
+    svc.access = AccessMap([Group("only-web1", ("10.0.0.5",), ("web1",))])
+    # cluster A may fence web1 and tagged; the groups map allows this requester web1 only
+    assert serve(svc, Request("tcp", "10.0.0.5", Op.OFF, "web1", 1, cluster="A")) == \
+        bytes([Result.SUCCESS])
+    assert serve(svc, Request("tcp", "10.0.0.5", Op.OFF, "tagged", 2, cluster="A")) == \
+        bytes([Result.PERM])
+    assert serve(svc, Request("tcp", "10.0.0.9", Op.OFF, "web1", 3, cluster="A")) == \
+        bytes([Result.PERM])
+    assert backend.executed == [(Op.OFF, "web1")]
