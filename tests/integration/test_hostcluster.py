@@ -34,7 +34,7 @@ from guestfence.lab import libvirtd as libvirtlab
 from guestfence.lab.cfence import write_key
 from guestfence.lab.cluster import Cluster
 from guestfence.lab.libvirtd import LibvirtLab, pid_alive
-from guestfence.lab.netns import Lan, build_lan, run_prefix
+from guestfence.lab.netns import LabError, Lan, build_lan, run_prefix
 from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text, venv_tool
 
 pytestmark = pytest.mark.integration
@@ -189,6 +189,24 @@ def logs_on_failure(hc: HostCluster, request: pytest.FixtureRequest) -> Iterator
     rep = getattr(request.node, "rep_call", None)
     if rep is None or rep.failed:
         _print_logs(hc)
+
+
+def test_outside_corosyncs_mount_namespace_start_up_fails_clearly(hc: HostCluster) -> None:
+    """Only the network namespace (the abstract sockets) is not enough: libqb's ring
+    buffers live in corosync's /dev/shm."""
+    conf = hc.scratch / "outside.conf"
+    text = (hc.scratch / "host2.conf").read_text().replace(
+        'backend = "cpg";', 'backend = "cpg";\n\tadmin_socket = "off";')
+    conf.write_text(text)
+    conf.chmod(0o600)
+    daemon = OurDaemon(conf, namespace=hc.lan["host2"], debug=1)
+    try:
+        with pytest.raises(LabError, match="exited with rc") as failed:
+            daemon.start(timeout=60)
+    finally:
+        daemon.stop()
+    assert ("cannot connect to corosync (CS_ERR_NOT_EXIST): is corosync running, and is "
+            "guestfenced in its network and mount namespace?") in str(failed.value)
 
 
 def test_owner_answers_alone_and_every_member_knows_it(hc: HostCluster) -> None:

@@ -43,12 +43,10 @@ def test_group_name_is_length_counted() -> None:
 
 
 def test_connection_errors_say_what_to_check() -> None:
-    err = cpg.CpgError("cpg_model_initialize", cpg.CS_ERR_NOT_EXIST,
-                       cpg._connect_hint(cpg.CS_ERR_NOT_EXIST))
-    assert isinstance(err, BackendError)
-    text = str(err)
-    assert "CS_ERR_NOT_EXIST" in text
-    assert "is corosync running" in text and "network and mount namespace" in text
+    err = cpg.CorosyncUnreachable(cpg.CS_ERR_NOT_EXIST)
+    assert isinstance(err, BackendError) and err.code == cpg.CS_ERR_NOT_EXIST
+    assert str(err) == ("cannot connect to corosync (CS_ERR_NOT_EXIST): is corosync running, "
+                        "and is guestfenced in its network and mount namespace?")
 
 
 def test_library_loads_with_typed_functions() -> None:

@@ -124,11 +124,14 @@ class CpgError(BackendError):
         self.code = code
 
 
-def _connect_hint(code: int) -> str:
-    if code in (CS_ERR_NOT_EXIST, CS_ERR_LIBRARY):
-        return ("cannot connect to corosync: is corosync running, and is guestfenced in "
-                "its network and mount namespace?")
-    return "cannot connect to corosync"
+class CorosyncUnreachable(CpgError):
+    """``cpg_model_initialize`` failed: corosync is not running or not reachable from here."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__("cpg_model_initialize", code)
+        name = CS_ERROR_NAMES.get(code, str(code))
+        self.args = (f"cannot connect to corosync ({name}): is corosync running, and is "
+                     "guestfenced in its network and mount namespace?",)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ class CpgHandle:
         rc = self.lib.cpg_model_initialize(ctypes.byref(self.handle), CPG_MODEL_V1,
                                            ctypes.byref(self._model), None)
         if rc != CS_OK:
-            raise CpgError("cpg_model_initialize", rc, _connect_hint(rc))
+            raise CorosyncUnreachable(rc)
         self.closed = False
         try:
             fd = ctypes.c_int(-1)
