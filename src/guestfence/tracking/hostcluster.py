@@ -132,7 +132,12 @@ class CpgTracker:
         await self._source.start(self._local_event, self.announce_soon)
         self._transport = self._make_transport(self._deliver, self._confchg,
                                                self.announce_soon, self._disconnected)
-        await self._transport.start()
+        try:
+            await self._transport.start()
+        except BaseException:
+            self._transport = None
+            self._source.close()
+            raise
         try:
             await asyncio.wait_for(self._own_announced.wait(), FIRST_INVENTORY_TIMEOUT)
         except TimeoutError as e:
