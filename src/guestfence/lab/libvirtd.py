@@ -421,6 +421,10 @@ class LibvirtLab(StartStop):
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Any = None
         self._mntns: tuple[int, int] | None = None
+        # An open handle keeps the lab's mount namespace alive, so its inode number
+        # cannot be given to another namespace (every `ip netns exec` makes one) while
+        # we still compare processes against it: the stop sweep would kill strangers.
+        self._mntns_fd: int | None = None
         self._known: dict[int, int | None] = {}  # pid -> start time, every process seen
         self.ready_seconds: float | None = None
 
@@ -579,7 +583,12 @@ class LibvirtLab(StartStop):
             time.sleep(_POLL)
         # the reaper has exec'd after the mounts: its mount namespace is the lab's
         assert self.proc is not None
-        self._mntns = _ns_id(self.proc.pid, "mnt")
+        try:
+            self._mntns_fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY)
+            st = os.fstat(self._mntns_fd)
+            self._mntns = (st.st_dev, st.st_ino)
+        except OSError:
+            self._mntns = None
         if self._mntns is None or self._mntns == _ns_id("self", "mnt"):
             self._mntns = None  # never sweep the caller's own mount namespace
             raise LabError(f"libvirtd under {self.proc.pid} is not in a private mount namespace")
@@ -804,6 +813,9 @@ class LibvirtLab(StartStop):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(_POLL)
+        if self._mntns_fd is not None:
+            os.close(self._mntns_fd)  # from now on the inode number may be reused
+            self._mntns_fd, self._mntns = None, None
         if errors:
             raise LabError(f"{self!r} stop: " + "; ".join(errors))
 
