@@ -190,6 +190,16 @@ class KeyRing:
                 return request, key
         raise AuthError(self._no_match())
 
+    def key_for_unsigned(self) -> bytes | None:
+        """The key that answers the challenge/response of an unsigned request (hash "none"
+        with an auth algorithm; only without a clusters block): the current key as the
+        files say now, so a retired or insecure key stops working here too. None: no
+        usable key (refuse the request)."""
+        if self.clustered or not self.keys:
+            return None
+        current = [k for k in self.keys if k.role == "current"]
+        return (current or list(self.keys))[0].key
+
     def _no_match(self) -> str:
         if len(self.keys) <= 1:
             return "request signature does not match the key"

@@ -263,12 +263,16 @@ class FenceService:
         self._log(req, outcome, detail)
 
     async def _authenticate(self, stream: StreamIO, req: Request) -> None:
-        # the key that verified the request's signature, so that the cluster it names
-        # is the one that completes the challenge/response
-        session = DaemonSession(req.auth_key if req.auth_key is not None else self.key,
-                                self.auth)
-        if session.authenticated:
+        if self.auth is HashType.NONE:
             return
+        # the key that verified the request's signature, so that the cluster it names
+        # is the one that completes the challenge/response; for an unsigned request the
+        # ring's current key (never the key read at start-up: it may be retired since)
+        key = req.auth_key if req.auth_key is not None else self.keyring.key_for_unsigned()
+        if key is None:
+            raise AuthError("no usable key for the challenge/response (see the key errors "
+                            "logged at the last reload)")
+        session = DaemonSession(key, self.auth)
         answer = session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
         await stream.write(answer)
         session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))

@@ -22,7 +22,6 @@ from guestfence.host.config import (
     TcpListenerConfig,
     VsockListenerConfig,
 )
-from guestfence.host.keys import fingerprint
 
 if TYPE_CHECKING:
     from guestfence.host.admin import Answerer
@@ -68,16 +67,11 @@ def state_name(state: int) -> str:
 
 
 def describe_keys(service: FenceService, key_file: str | None) -> list[dict[str, Any]]:
-    """Keys by fingerprint and guest cluster; a key ring describes itself when it can."""
-    ring = getattr(service, "keyring", None)
-    ring_keys = [{"fingerprint": k.fingerprint, "cluster": k.cluster, "file": k.path,
-                  "state": k.role} for k in getattr(ring, "keys", ())]
-    if ring_keys:
-        return ring_keys
-    if not service.key:
-        return []
-    return [{"fingerprint": fingerprint(service.key), "cluster": None, "file": key_file,
-             "state": "active"}]
+    """Keys by fingerprint and guest cluster, as the key ring holds them now: a key that
+    was retired or failed closed at a reload is not shown (the key read at start-up may
+    be either)."""
+    return [{"fingerprint": k.fingerprint, "cluster": k.cluster, "file": k.path,
+             "state": k.role} for k in service.keyring.keys]
 
 
 def _backend_view(backend: Any) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""Key handling rules found in a security review of per-cluster keys and rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from guestfence.errors import AuthError
+from guestfence.host.acl import AccessMap
+from guestfence.host.keyring import KeyRing, KeySource
+from guestfence.host.server import FenceService, Request
+from guestfence.virt.handshake import ClientSession
+from guestfence.virt.wire import HashType, HostRecord, Op, Result
+
+UUID = "11111111-1111-1111-1111-000000000001"
+
+
+class Info:
+    def __init__(self, name: str, uuid: str) -> None:
+        self.name, self.uuid, self.state = name, uuid, 1
+
+
+class Backend:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.executed: list[tuple[int, str]] = []
+
+    def lookup(self, target: str) -> Info | None:
+        return Info("vm1", UUID) if target in ("vm1", UUID) else None
+
+    def owns(self, target: str) -> bool:
+        return self.lookup(target) is not None
+
+    def execute(self, op: int, target: str) -> int:
+        self.executed.append((op, target))
+        return Result.SUCCESS
+
+    def host_list(self) -> list[HostRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class ClientEnd:
+    """The daemon's stream, with a fence_xvm-like client holding ``key`` at the other end."""
+
+    def __init__(self, key: bytes, auth: HashType) -> None:
+        self.client = ClientSession(key, auth)
+        self.inbox = bytearray(self.client.initial_bytes())
+        self.closed = False
+
+    async def read_exactly(self, n: int, timeout: float) -> bytes:
+        if len(self.inbox) < n:
+            raise asyncio.IncompleteReadError(bytes(self.inbox), n)
+        data = bytes(self.inbox[:n])
+        del self.inbox[:n]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("the client hung up")
+        try:
+            self.inbox += self.client.receive(data)
+        except AuthError:
+            self.closed = True  # the client does not trust this daemon: it hangs up
+
+    def peer_gone(self) -> bool:
+        return self.closed
+
+
+def _write_key(path: Path, key: bytes) -> str:
+    path.write_bytes(key)
+    path.chmod(0o600)
+    return str(path)
+
+
+def _serve(svc: FenceService, key: bytes, seqno: int) -> ClientEnd:
+    end = ClientEnd(key, HashType.SHA256)
+    asyncio.run(svc.serve(Request("tcp", "10.0.0.5", Op.OFF, "vm1", seqno), end, None))
+    return end
+
+
+def test_unsigned_requests_authenticate_with_the_live_key_not_the_startup_key(
+        tmp_path: Path) -> None:
+    """hash "none", auth "sha256", one key: the challenge/response key must follow the key
+    files. A retired key (or one that became insecure) must stop working, and the new one
+    must work, without a restart."""
+    old, new = os.urandom(4096), os.urandom(4096)
+    key_file = _write_key(tmp_path / "fence_xvm.key", old)
+    sources = [KeySource(None, key_file, f"{key_file}.next", None)]
+    backend = Backend()
+    # as guestfenced builds it: the key loaded at start-up, then the ring from the files
+    svc = FenceService(backend, AccessMap([]), old, HashType.SHA256, HashType.NONE)
+    svc.keyring = KeyRing.load(sources, strict=True)
+    _serve(svc, old, 1)
+    assert backend.executed == [(Op.OFF, "vm1")]
+
+    # keys rotate + retire: the file now holds the new key; the daemon reloads its ring
+    _write_key(tmp_path / "fence_xvm.key", new)
+    svc.keyring = KeyRing.load(sources, strict=False)
+    _serve(svc, old, 2)
+    assert backend.executed == [(Op.OFF, "vm1")], "the retired key still fenced"
+    _serve(svc, new, 3)
+    assert backend.executed == [(Op.OFF, "vm1"), (Op.OFF, "vm1")], "the new key is refused"
+
+    # the key file becomes world-readable: fail closed, whatever key the client holds
+    (tmp_path / "fence_xvm.key").chmod(0o644)
+    svc.keyring = KeyRing.load(sources, strict=False)
+    for seqno, key in ((4, old), (5, new)):
+        _serve(svc, key, seqno)
+    assert len(backend.executed) == 2, "a key that failed closed still authenticated"
+
+
+def test_status_shows_the_keys_the_ring_holds_now(tmp_path: Path) -> None:
+    from guestfence.host.status import describe_keys
+
+    key = os.urandom(4096)
+    key_file = _write_key(tmp_path / "fence_xvm.key", key)
+    sources = [KeySource(None, key_file, f"{key_file}.next", None)]
+    svc = FenceService(Backend(), AccessMap([]), key, HashType.SHA256, HashType.SHA256)
+    svc.keyring = KeyRing.load(sources, strict=True)
+    assert [k["state"] for k in describe_keys(svc, key_file)] == ["current"]
+    (tmp_path / "fence_xvm.key").chmod(0o644)  # failed closed at the next reload
+    svc.keyring = KeyRing.load(sources, strict=False)
+    assert describe_keys(svc, key_file) == [], "status still shows a key that stopped working"
