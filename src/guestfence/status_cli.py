@@ -9,7 +9,9 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from guestfence.errors import TransportError
 from guestfence.host.admin import DEFAULT_ADMIN_SOCKET, query
@@ -66,6 +68,24 @@ def _text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+def _clean(value: Any) -> str:
+    """A value from the daemon, shown as it is: domain names and requesters come from
+    guests, so control characters (terminal escapes, carriage returns) are written
+    out as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in _text(value))
+
+
+def _cell(value: Any) -> Text:
+    """A table cell: plain text, never rich markup ("[/]" in a guest's name stays text)."""
+    return Text(_clean(value))
+
+
+def _safe(value: Any) -> str:
+    """A value inside a markup line: cleaned, its brackets escaped."""
+    return escape(_clean(value))
+
+
 def _when(stamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(stamp))
 
@@ -81,9 +101,10 @@ def _duration(seconds: float) -> str:
 def render(status: dict[str, Any], console: Console) -> None:
     daemon = status.get("daemon", {})
     console.print(
-        f"[bold]guestfenced {daemon.get('version')}[/bold]  pid {daemon.get('pid')}  up "
-        f"{_duration(float(daemon.get('uptime_s', 0)))}  config {daemon.get('config')}  "
-        f"metrics {_text(daemon.get('metrics'))}  log format {daemon.get('log_format')}")
+        f"[bold]guestfenced {_safe(daemon.get('version'))}[/bold]  pid "
+        f"{_safe(daemon.get('pid'))}  up {_duration(float(daemon.get('uptime_s', 0)))}  "
+        f"config {_safe(daemon.get('config'))}  metrics {_safe(daemon.get('metrics'))}  "
+        f"log format {_safe(daemon.get('log_format'))}")
 
     listeners = Table(title="Listeners", title_justify="left")
     for column in ("type", "address", "port", "auth", "in flight"):
@@ -92,40 +113,45 @@ def render(status: dict[str, Any], console: Console) -> None:
         address = _text(item.get("address"))
         if item.get("interface"):
             address += f" on {item['interface']}"
-        listeners.add_row(item.get("type"), address, _text(item.get("port")),
-                          _text(item.get("auth")), str(item.get("in_flight", 0)))
+        listeners.add_row(_cell(item.get("type")), _cell(address), _cell(item.get("port")),
+                          _cell(item.get("auth")), _cell(item.get("in_flight", 0)))
     console.print(listeners)
 
     backend = status.get("backend", {})
     health = {True: "[green]healthy[/green]", False: "[red]not answering[/red]",
               None: "unknown"}.get(backend.get("healthy"), "unknown")
-    line = f"[bold]Backend[/bold] {backend.get('name')} ({_text(backend.get('mode'))}): {health}"
+    line = (f"[bold]Backend[/bold] {_safe(backend.get('name'))} ({_safe(backend.get('mode'))}"
+            f"): {health}")
     if backend.get("uris"):
-        line += "  " + ", ".join(backend["uris"])
+        line += "  " + ", ".join(_safe(uri) for uri in backend["uris"])
     if backend.get("error"):
-        line += f"  [red]{backend['error']}[/red]"
+        line += f"  [red]{_safe(backend['error'])}[/red]"
     console.print(line)
     tracking = backend.get("tracking")
     if tracking:
-        console.print(f"  tracking {tracking['mode']} as {tracking['me']}: members "
-                      f"{', '.join(tracking['members']) or '-'}; static-map violations "
-                      f"{tracking['violations']}; departed, not confirmed fenced: "
-                      f"{', '.join(tracking['departed_unfenced']) or '-'}")
+        members = ", ".join(_safe(m) for m in tracking["members"]) or "-"
+        departed = ", ".join(_safe(h) for h in tracking["departed_unfenced"]) or "-"
+        console.print(f"  tracking {_safe(tracking['mode'])} as {_safe(tracking['me'])}: "
+                      f"members {members}; static-map violations "
+                      f"{_safe(tracking['violations'])}; departed, not confirmed fenced: "
+                      f"{departed}")
 
     keys = Table(title="Keys", title_justify="left")
     for column in ("fingerprint", "cluster", "state", "file"):
         keys.add_column(column)
     for key in status.get("keys", []):
-        keys.add_row(key.get("fingerprint"), _text(key.get("cluster")) if key.get("cluster")
-                     else "(all guests)", _text(key.get("state")), _text(key.get("file")))
+        keys.add_row(_cell(key.get("fingerprint")),
+                     _cell(key.get("cluster")) if key.get("cluster") else "(all guests)",
+                     _cell(key.get("state")), _cell(key.get("file")))
     console.print(keys)
 
     guests = Table(title="Guests", title_justify="left")
     for column in ("name", "uuid", "state", "owner host", "decision"):
         guests.add_column(column)
     for guest in status.get("guests", []):
-        guests.add_row(guest.get("name"), guest.get("uuid"), guest.get("state"),
-                       _text(guest.get("host")), guest.get("decision"))
+        guests.add_row(_cell(guest.get("name")), _cell(guest.get("uuid")),
+                       _cell(guest.get("state")), _cell(guest.get("host")),
+                       _cell(guest.get("decision")))
     console.print(guests)
 
     shown = status.get("requests", [])
@@ -135,7 +161,8 @@ def render(status: dict[str, Any], console: Console) -> None:
         requests.add_column(column, justify="right" if column == "ms" else "left")
     for r in shown:
         style = OUTCOME_STYLES.get(r.get("outcome", ""), "red")
-        requests.add_row(_when(r["finished"]), r.get("requester"), _text(r.get("target")),
-                         r.get("action"), _text(r.get("cluster")),
-                         f"[{style}]{r.get('outcome')}[/{style}]", f"{r['duration_ms']:.1f}")
+        requests.add_row(_when(r["finished"]), _cell(r.get("requester")),
+                         _cell(r.get("target")), _cell(r.get("action")),
+                         _cell(r.get("cluster")), Text(_clean(r.get("outcome")), style=style),
+                         f"{r['duration_ms']:.1f}")
     console.print(requests)
