@@ -27,7 +27,7 @@ from guestfence.host.config import (
     TcpListenerConfig,
     VsockListenerConfig,
 )
-from guestfence.host.history import request_key
+from guestfence.host.history import RequestKey, request_key
 from guestfence.host.keyring import FailureLimiter, RingKey, ScanBudget, ScanRefused
 from guestfence.host.server import OWNED_OPS, AsyncioStream, FenceService, Request, printable
 from guestfence.virt.wire import REQUEST_SIZE, FenceRequest
@@ -55,6 +55,16 @@ def _verify(service: FenceService, block: bytes, requester: str,
     except ProtocolError as e:
         service.drop("malformed", requester, str(e))
     return None
+
+
+def _history_key(req: FenceRequest, ring_key: RingKey | None) -> RequestKey:
+    """The C key (op, seqno, domain), plus the guest cluster whose key verified the
+    request: seqnos are the client's microseconds, so one cluster could otherwise send
+    another cluster's likely seqnos first and have its genuine request dropped as a copy.
+    Copies of one request are signed with one key, so they still share a key."""
+    cluster = ring_key.cluster if ring_key is not None else None
+    return request_key(req.op, req.seqno,
+                       req.domain if cluster is None else f"{cluster}/{req.domain}")
 
 
 def _key_fields(ring_key: RingKey | None) -> dict[str, Any]:
@@ -163,7 +173,7 @@ class MulticastListener:
         if req.address is None or req.port == 0:
             svc.drop("malformed", source, "no call-back address in a multicast request")
             return
-        key = request_key(req.op, req.seqno, req.domain)
+        key = _history_key(req, ring_key)
         if not svc.history.begin(key, time.monotonic()):
             svc.metrics["duplicates"] += 1
             log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
@@ -171,7 +181,7 @@ class MulticastListener:
         svc.spawn(self._handle(req, ring_key, key, time.monotonic()))
 
     async def _handle(self, req: FenceRequest, ring_key: RingKey | None,
-                      key: tuple[int, int, str], received: float) -> None:
+                      key: RequestKey, received: float) -> None:
         svc = self.service
         requester = str(req.address)
         target = printable(req.domain)
@@ -278,7 +288,7 @@ class StreamListener:
             if verified is None:
                 return
             req, ring_key = verified
-            key = request_key(req.op, req.seqno, req.domain)
+            key = _history_key(req, ring_key)
             if not svc.history.begin(key, time.monotonic()):
                 svc.metrics["duplicates"] += 1
                 return

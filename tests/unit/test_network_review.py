@@ -1,0 +1,80 @@
+"""Multicast and TCP listeners with per-cluster keys: found in a security review."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from pathlib import Path
+
+from guestfence.host.acl import AccessMap
+from guestfence.host.clusters import GuestBinding
+from guestfence.host.config import MulticastListenerConfig
+from guestfence.host.keyring import KeyRing, KeySource
+from guestfence.host.listeners.network import MulticastListener
+from guestfence.host.server import FenceService
+from guestfence.virt.wire import FenceRequest, HashType, HostRecord, Op
+
+
+class SilentBackend:
+    """Has no domain: every multicast request is left to another host."""
+
+    name = "fake"
+
+    def lookup(self, target: str) -> None:
+        return None
+
+    def owns(self, target: str) -> bool:
+        return False
+
+    def execute(self, op: int, target: str) -> int:
+        raise AssertionError("nothing is executed here")
+
+    def host_list(self) -> list[HostRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _key(path: Path) -> bytes:
+    key = os.urandom(4096)
+    path.write_bytes(key)
+    path.chmod(0o600)
+    return key
+
+
+def _block(key: bytes, seqno: int, address: str) -> bytes:
+    return FenceRequest(op=Op.OFF, domain="db1", hash_type=HashType.SHA256, flags=0,
+                        address=ipaddress.IPv4Address(address), port=1229, seqno=seqno,
+                        random=os.urandom(6)).sign(key)
+
+
+def _two_cluster_listener(tmp_path: Path) -> tuple[MulticastListener, bytes, bytes]:
+    a, b = _key(tmp_path / "a.key"), _key(tmp_path / "b.key")
+    sources = [KeySource("A", str(tmp_path / "a.key"), str(tmp_path / "a.key.next"),
+                         GuestBinding(names=frozenset({"web1"}))),
+               KeySource("B", str(tmp_path / "b.key"), str(tmp_path / "b.key.next"),
+                         GuestBinding(names=frozenset({"db1"})))]
+    svc = FenceService(SilentBackend(), AccessMap([]), b"", HashType.SHA256, HashType.SHA256)
+    svc.keyring = KeyRing.load(sources, strict=True)
+    config = MulticastListenerConfig("/unused", "sha256", "sha256", "ipv4", "225.0.0.12",
+                                     1229, None)
+    return MulticastListener(config, svc), a, b
+
+
+def test_one_cluster_cannot_suppress_anothers_request_by_its_seqno(tmp_path: Path) -> None:
+    """seqnos are the client's microseconds (10^6 values): cluster A sending B's likely
+    seqnos for B's guest must not make the daemon drop B's real request as a copy."""
+    listener, a, b = _two_cluster_listener(tmp_path)
+    svc = listener.service
+
+    async def scenario() -> None:
+        listener.on_datagram(_block(a, 4242, "10.0.0.66"), "10.0.0.66")  # A: denied later
+        listener.on_datagram(_block(b, 4242, "10.0.0.7"), "10.0.0.7")  # B's own request
+        listener.on_datagram(_block(b, 4242, "10.0.0.7"), "10.0.0.7")  # B's retransmit
+        await svc.drain()
+
+    asyncio.run(scenario())
+    assert svc.metrics["duplicates"] == 1, "B's request was taken for a copy of A's"
+    assert svc.metrics["not_mine"] == 2
