@@ -126,3 +126,41 @@ def test_status_shows_the_keys_the_ring_holds_now(tmp_path: Path) -> None:
     (tmp_path / "fence_xvm.key").chmod(0o644)  # failed closed at the next reload
     svc.keyring = KeyRing.load(sources, strict=False)
     assert describe_keys(svc, key_file) == [], "status still shows a key that stopped working"
+
+
+def test_a_known_requester_keeps_its_place_through_a_rotation(tmp_path: Path) -> None:
+    """During a flood the budgets refuse full scans; a known requester must still get
+    through when its cluster rotates: with the successor key, and after the retirement."""
+    from guestfence.host.clusters import GuestBinding
+    from tests.unit.test_cluster_keys import request
+
+    a, b, a2 = os.urandom(4096), os.urandom(4096), os.urandom(4096)
+    sources = [KeySource("A", _write_key(tmp_path / "a.key", a), str(tmp_path / "a.key.next"),
+                         GuestBinding(names=frozenset({"web1"}))),
+               KeySource("B", _write_key(tmp_path / "b.key", b), str(tmp_path / "b.key.next"),
+                         GuestBinding(names=frozenset({"db1"})))]
+    flood = lambda: False  # noqa: E731 - the budgets are spent
+    ring = KeyRing.load(sources, strict=True)
+    assert ring.identify(request().sign(a), HashType.SHA256, "10.0.0.5")[1].cluster == "A"
+
+    _write_key(tmp_path / "a.key.next", a2)  # keys rotate: both keys of A verify
+    rotating = KeyRing.load(sources, strict=False)
+    rotating.adopt_hints(ring)
+    found = rotating.identify(request().sign(a2), HashType.SHA256, "10.0.0.5", flood)[1]
+    assert found is not None and found.key == a2
+
+    os.replace(tmp_path / "a.key.next", tmp_path / "a.key")  # keys retire
+    retired = KeyRing.load(sources, strict=False)
+    retired.adopt_hints(rotating)
+    found = retired.identify(request().sign(a2), HashType.SHA256, "10.0.0.5", flood)[1]
+    assert found is not None and found.key == a2 and found.cluster == "A"
+
+    # a hint is never a permission: another cluster's key still needs the full scan
+    import pytest
+
+    from guestfence.host.keyring import ScanRefused
+
+    with pytest.raises(ScanRefused):
+        retired.identify(request().sign(b), HashType.SHA256, "10.0.0.5", flood)
+    with pytest.raises(AuthError):
+        retired.identify(request().sign(a), HashType.SHA256, "10.0.0.5", flood)

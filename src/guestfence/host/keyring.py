@@ -9,8 +9,9 @@ Cost. Every key is 4096 bytes, so hashing key || block from scratch costs
 about 3 us per key. The ring keeps, per key and algorithm, the hash state
 after the key prefix (``hashlib`` objects can be copied), so one trial only
 hashes the 176-byte block: about 0.4 us per key, 20 us for 50 keys. The key
-that last verified a request from the same requester is tried first, so a
-valid request normally costs one trial. Every datagram costs at most one
+that last verified a request from the same requester is tried first (then
+the other key of its cluster, during a rotation), so a valid request
+normally costs one trial. Every datagram costs at most one
 trial per key, whatever it contains; on the multicast listener, where source
 addresses can be forged, a source whose datagrams keep matching no key is
 limited (FailureLimiter) and full scans for requesters not known yet share a
@@ -106,6 +107,11 @@ class KeyRing:
         self.keys = tuple(keys)
         self.clustered = clustered  # a clusters block: every request must match a key
         self._hints: OrderedDict[str, RingKey] = OrderedDict()
+        # each cluster's keys, current first: a known requester's cluster is tried whole
+        # (at most two keys) before the budgets are asked, so a rotation never mutes it
+        self._by_cluster: dict[str | None, list[RingKey]] = {}
+        for k in sorted(self.keys, key=lambda k: k.role != "current"):
+            self._by_cluster.setdefault(k.cluster, []).append(k)
 
     @classmethod
     def load(cls, sources: Sequence[KeySource], *, strict: bool) -> KeyRing:
@@ -177,14 +183,20 @@ class KeyRing:
         digest = field_bytes[:size]
         unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
         hinted = self._hints.get(hint) if hint is not None else None
-        if hinted is not None and hinted.signs(request.hash_type, unsigned, digest):
-            self._hints.move_to_end(hint)  # type: ignore[arg-type]
-            return request, hinted
+        tried: list[RingKey] = []
+        if hinted is not None:  # its key first, then its cluster's other key (a rotation)
+            for key in (hinted, *(k for k in self._by_cluster.get(hinted.cluster, ())
+                                  if k is not hinted)):
+                tried.append(key)
+                if key.signs(request.hash_type, unsigned, digest):
+                    self._remember(hint, key)  # type: ignore[arg-type]
+                    return request, key
         if may_scan is not None and not may_scan():
             raise ScanRefused("not tried against every key: too many datagrams that match "
                               "no key")
         for key in self.keys:  # at most one trial per key: the work per datagram is bounded
-            if key is not hinted and key.signs(request.hash_type, unsigned, digest):
+            if all(key is not t for t in tried) and key.signs(request.hash_type, unsigned,
+                                                              digest):
                 if hint is not None:
                     self._remember(hint, key)
                 return request, key
@@ -206,10 +218,14 @@ class KeyRing:
         return f"request signature does not match any of the {len(self.keys)} keys"
 
     def adopt_hints(self, older: KeyRing) -> None:
-        """Keep what an older ring learnt about requesters, for the keys both rings have."""
+        """Keep what an older ring learnt about requesters: the same key if this ring still
+        has it, else (the key was retired) its cluster's current key. A hint only orders
+        the trials; the signature decides."""
         by_bytes = {(k.cluster, k.key): k for k in self.keys}
         for hint, old in older._hints.items():
             new = by_bytes.get((old.cluster, old.key))
+            if new is None and self._by_cluster.get(old.cluster):
+                new = self._by_cluster[old.cluster][0]
             if new is not None:
                 self._hints[hint] = new
 
