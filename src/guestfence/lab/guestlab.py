@@ -245,7 +245,10 @@ class GuestLab:
         deadline = time.monotonic() + timeout
         want = {node_key(n) for n in NODES}
         while True:
-            keys = set(self.lun_keys())
+            try:
+                keys = set(self.lun_keys())
+            except LabError:  # a login refused while the target is busy: ask again
+                keys = set()
             started = self.started_resources()
             if want <= keys and {guestcib.XVM_DEVICE, guestcib.SCSI_DEVICE,
                                  guestcib.RESOURCE} <= set(started) and not any(
@@ -402,7 +405,8 @@ class GuestLab:
             [sys.executable, "-m", "guestfence.lab.lunprobe", *args], capture_output=True,
             text=True, timeout=30, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise LabError(f"LUN probe {' '.join(args)} failed: {done.stderr.strip()}")
+            raise LabError(f"LUN probe {' '.join(args)} failed (rc {done.returncode}): "
+                           f"{done.stdout.strip()} {done.stderr.strip()}")
         result: dict[str, Any] = json.loads(done.stdout)
         return result
 
