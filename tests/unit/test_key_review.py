@@ -164,3 +164,27 @@ def test_a_known_requester_keeps_its_place_through_a_rotation(tmp_path: Path) ->
         retired.identify(request().sign(b), HashType.SHA256, "10.0.0.5", flood)
     with pytest.raises(AuthError):
         retired.identify(request().sign(a), HashType.SHA256, "10.0.0.5", flood)
+
+
+def test_a_key_retired_during_the_challenge_does_not_fence(tmp_path: Path) -> None:
+    """A request verified just before ``keys retire`` is still in its challenge/response
+    (up to 10 s a step): the retired key must not complete it."""
+    old, new = os.urandom(4096), os.urandom(4096)
+    key_file = _write_key(tmp_path / "fence_xvm.key", old)
+    sources = [KeySource(None, key_file, f"{key_file}.next", None)]
+    backend = Backend()
+    svc = FenceService(backend, AccessMap([]), old, HashType.SHA256, HashType.SHA256)
+    svc.keyring = KeyRing.load(sources, strict=True)
+
+    class RetiredMeanwhile(ClientEnd):
+        async def write(self, data: bytes) -> None:
+            _write_key(tmp_path / "fence_xvm.key", new)
+            svc.keyring = KeyRing.load(sources, strict=False)
+            await super().write(data)
+
+    for seqno, end in ((1, ClientEnd(old, HashType.SHA256)),
+                       (2, RetiredMeanwhile(old, HashType.SHA256))):
+        req = Request("tcp", "10.0.0.5", Op.OFF, "vm1", seqno, auth_key=old)
+        asyncio.run(svc.serve(req, end, None))
+    assert backend.executed == [(Op.OFF, "vm1")], "a key retired mid-request still fenced"
+    assert svc.recent.last(1)[0].outcome == "auth-failed"

@@ -240,6 +240,7 @@ class FenceService:
             try:
                 if authenticate:
                     await self._authenticate(stream, req)
+                self._check_key_still_accepted(req)
                 served = True
                 code, payload = await self._decide(req, stream, framing)
                 if code is None:
@@ -276,6 +277,16 @@ class FenceService:
         answer = session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
         await stream.write(answer)
         session.receive(await stream.read_exactly(64, AUTH_STEP_TIMEOUT))
+
+    def _check_key_still_accepted(self, req: Request) -> None:
+        """The key that verified the request may have been retired (or failed closed) while
+        the daemon connected back and ran the challenge/response: then it does not act."""
+        if req.auth_key is None:
+            return
+        if not any(k.key == req.auth_key and k.cluster == req.cluster
+                   for k in self.keyring.keys):
+            raise AuthError("the key that signed the request was retired (or stopped "
+                            "working) during the request")
 
     async def _decide(
         self, req: Request, stream: StreamIO, framing: Framing
