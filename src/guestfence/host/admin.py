@@ -132,16 +132,27 @@ def _someone_listens(path: str) -> bool:
 
 
 def _prepare_directory(directory: str) -> None:
-    if not os.path.isdir(directory):
+    created = not os.path.lexists(directory)
+    if created:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)  # makedirs' mode is filtered by the umask
-        return
-    st = os.stat(directory)
+    # lstat first: a symbolic link (or a directory someone made before us, in a parent
+    # others may write to) belongs to its creator, who could point it elsewhere later
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"admin socket directory {directory} is a symbolic link of uid "
+                              f"{st.st_uid}: its owner could point it elsewhere; choose "
+                              "another admin_socket")
+        st = os.stat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"admin socket directory {directory} is not a directory")
     if st.st_uid != os.geteuid():
         raise ConfigError(f"admin socket directory {directory} belongs to uid {st.st_uid}, not "
                           f"to this daemon (uid {os.geteuid()}): its owner could replace the "
                           "socket; choose another admin_socket")
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+    if created:
+        os.chmod(directory, 0o700)  # makedirs' mode is filtered by the umask
+    elif st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise ConfigError(f"admin socket directory {directory} is writable by everybody: "
                           "anyone could replace the socket; choose another admin_socket")
 
