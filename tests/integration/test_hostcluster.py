@@ -12,8 +12,10 @@ fence_dummy device registered with the fencers of the survivors; the test runs
 ``stonith_admin --fence`` itself after asserting that requests fail, and checks
 the fence in Pacemaker's history.
 
-One cluster serves the scenarios in order (module fixture): the migration
-leaves every host up, then host1 dies, then host3 is cut off.
+One cluster serves the scenarios in order (module fixture): the migrations
+and a corosync restart leave every host up; then host1 is cut off and fenced,
+comes back (a fresh start, as after a real fence), and dies for good -- its
+first fence, still in the history, must not count for the second departure.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text, venv_tool
 pytestmark = pytest.mark.integration
 
 HOSTS = ("host1", "host2", "host3")
-GUESTS = {"mig1": "host1", "dies1": "host1", "cut3": "host3"}
+GUESTS = {"mig1": "host1", "cut1": "host1", "on3": "host3"}
 FENCE_DUMMY = "/usr/sbin/fence_dummy"
 TOKEN_MS = 1000
 RUNNING = 1  # libvirt VIR_DOMAIN_RUNNING
@@ -57,6 +59,7 @@ class HostCluster:
     group: str
     labs: dict[str, LibvirtLab] = field(default_factory=dict)
     daemons: dict[str, OurDaemon] = field(default_factory=dict)
+    retired: list[OurDaemon] = field(default_factory=list)
 
     def agent(self, action: str, vm: str, timeout: int = 5) -> tuple[int, str]:
         r = self.lan["guest"].run([venv_tool("fence_xvm"), "-k", str(self.key), "-o", action,
@@ -106,15 +109,26 @@ class HostCluster:
                                          timeout=90)
         assert done.returncode == 0, done.stdout + done.stderr
 
-    def fenced_in_history(self, victim: str, by: str) -> bool:
-        done = self.cluster.node(by).run(["stonith_admin", "--history", victim,
+    def last_fence(self, victim: str, by: str) -> str | None:
+        """When ``victim`` was last fenced successfully, per Pacemaker's history as seen
+        from ``by`` (--verbose: without it only one success per target is shown)."""
+        done = self.cluster.node(by).run(["stonith_admin", "--history", victim, "--verbose",
                                           "--output-as", "xml"])
         root = ET.fromstring(done.stdout)
-        return any(e.get("target") == victim and e.get("status") == "success"
-                   and e.get("action") in ("off", "reboot") for e in root.iter("fence_event"))
+        return max((e.get("completed", "") for e in root.iter("fence_event")
+                    if e.get("target") == victim and e.get("status") == "success"
+                    and e.get("action") in ("off", "reboot")), default=None)
 
-    def wait_left(self, seen_by: str, gone: str, timeout: float = 30.0) -> None:
-        self.daemons[seen_by].wait_for_log(f"host cluster: {gone} left the group", timeout)
+    def departures(self, gone: str) -> dict[str, int]:
+        """How often each live daemon has logged ``gone`` leaving the group."""
+        return {h: d.log_text().count(f"host cluster: {gone} left the group")
+                for h, d in self.daemons.items() if h != gone}
+
+    def wait_left(self, gone: str, before: dict[str, int], timeout: float = 30.0) -> None:
+        """Every daemon of ``before`` has logged one more departure of ``gone``."""
+        until(f"{gone} seen leaving by {sorted(before)}",
+              lambda: all(n > before[h] for h, n in self.departures(gone).items()
+                          if h in before), timeout)
 
 
 def _missing() -> list[str]:
@@ -166,7 +180,7 @@ def hc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
         yield env
     finally:
         try:
-            for daemon in env.daemons.values():
+            for daemon in [*env.daemons.values(), *env.retired]:
                 daemon.stop()
             for host, lab in env.labs.items():
                 try:
@@ -297,7 +311,7 @@ def test_off_during_live_migration_is_never_a_false_success(hc: HostCluster) -> 
 
 
 def test_guestfenced_rejoins_after_corosync_restarts(hc: HostCluster) -> None:
-    vm, node3, daemon = "cut3", hc.cluster.node("host3"), hc.daemons["host3"]
+    vm, node3, daemon = "on3", hc.cluster.node("host3"), hc.daemons["host3"]
     joins = daemon.log_text().count("cpg: joined group")
     node3.kill_corosync()  # cpg_dispatch now fails with CS_ERR_LIBRARY
     daemon.wait_for_log("cpg: lost corosync", 20)
@@ -316,44 +330,65 @@ def test_guestfenced_rejoins_after_corosync_restarts(hc: HostCluster) -> None:
     assert hc.who_answered(vm, before, 1) == ["host3"]
 
 
-def test_dead_owner_fails_until_the_host_cluster_fenced_it(hc: HostCluster) -> None:
-    vm = "dies1"
-    node1 = hc.cluster.node("host1")
-    node1.kill_stack()  # corosync, pacemaker and guestfenced (all in host1's namespaces)
-    hc.labs["host1"].stop()  # libvirtd and its qemu: the whole host is dead
-    hc.wait_left("host2", "host1")
-    hc.wait_left("host3", "host1")
-    assert not hc.fenced_in_history("host1", by="host2")
-    before = hc.counts(vm)
-    assert hc.agent("off", vm)[0] == 1  # not fenced yet: fail, never "already off"
-    assert hc.agent("status", vm)[0] == 1
-    # the deterministic responder (lowest live name) answers; the other stays silent
-    assert hc.who_answered(vm, before, 2) == ["host2", "host2"]
-    assert all("outcome=success" not in x for x in hc.answers(vm)["host2"])
-
-    hc.fence("host1", by="host2")
-    assert hc.fenced_in_history("host1", by="host3")
-    assert hc.agent("off", vm) == (0, "")
-    assert hc.agent("status", vm) == (2, "Status: OFF")
-    assert set(hc.who_answered(vm, before, 4)) == {"host2"}
-
-
 def test_partitioned_owner_is_never_reported_fenced_before_it_is(hc: HostCluster) -> None:
-    vm = "cut3"
-    pid = hc.labs["host3"].qemu_pid(vm)
+    vm = "cut1"
+    pid = hc.labs["host1"].qemu_pid(vm)
     assert pid is not None
-    hc.lan.bridge.ip("link", "set", "veth3", "down")  # host3 is the third LAN member
-    hc.wait_left("host2", "host3")
+    marks = hc.departures("host1")
+    hc.lan.bridge.ip("link", "set", "veth1", "down")  # host1 is the first LAN member
+    hc.wait_left("host1", marks)
     assert pid_alive(pid)  # the guest still runs behind the partition
+    assert hc.last_fence("host1", by="host2") is None
     before = hc.counts(vm)
     for _ in range(3):
         assert hc.agent("off", vm)[0] == 1
     assert hc.agent("status", vm)[0] == 1
     answered = hc.answered_since(vm, before, 4)
+    # the deterministic responder (lowest live name) answers failure; host3 stays silent
     assert [h for _line, h in answered] == ["host2"] * 4, answered
     assert all("outcome=success" not in line for line, _h in answered), answered
 
-    hc.fence("host3", by="host2")  # without quorum: the fencer still obeys
-    assert hc.fenced_in_history("host3", by="host2")
+    hc.fence("host1", by="host2")
+    assert hc.last_fence("host1", by="host3") is not None
     assert hc.agent("off", vm) == (0, "")
+    assert hc.agent("status", vm) == (2, "Status: OFF")
+    assert set(hc.who_answered(vm, before, 6)) == {"host2"}
 
+
+def _host1_comes_back(hc: HostCluster, vm: str) -> None:
+    """host1 was fenced (by a dummy): make it really dead, then boot it again."""
+    hc.cluster.node("host1").kill_stack()  # corosync, pacemaker and its guestfenced
+    hc.labs["host1"].stop()  # libvirtd and its qemu
+    hc.retired.append(hc.daemons.pop("host1"))
+    hc.lan.bridge.ip("link", "set", "veth1", "up")
+    hc.cluster.restart_node("host1")
+    hc.labs["host1"] = LibvirtLab(hc.scratch / "libvirt-host1-again", hc.lan["host1"],
+                                  listen_address=hc.lan.addresses["host1"]).start()
+    hc.labs["host1"].define_and_start(vm, memory_mib=32)
+    hc.start_daemon("host1")
+    until(f"{vm} answered", lambda: hc.agent("status", vm) == (0, "Status: ON"), 60)
+
+
+def test_dead_owner_fails_until_the_host_cluster_fenced_it(hc: HostCluster) -> None:
+    vm = "dies1"
+    _host1_comes_back(hc, vm)
+    marks = hc.departures("host1")
+    hc.cluster.node("host1").kill_stack()  # corosync, pacemaker and guestfenced
+    hc.labs["host1"].stop()  # libvirtd and its qemu: the whole host is dead
+    hc.wait_left("host1", marks)
+    # the fence from the partition test is in the history, but it is older than this
+    # departure: it must not count
+    first_fence = hc.last_fence("host1", by="host2")
+    assert first_fence is not None
+    before = hc.counts(vm)
+    assert hc.agent("off", vm)[0] == 1  # not fenced yet: fail, never "already off"
+    assert hc.agent("status", vm)[0] == 1
+    assert hc.who_answered(vm, before, 2) == ["host2", "host2"]
+    assert all("outcome=success" not in x for x in hc.answers(vm)["host2"])
+
+    hc.fence("host1", by="host2")
+    second_fence = hc.last_fence("host1", by="host3")
+    assert second_fence is not None and second_fence > first_fence
+    assert hc.agent("off", vm) == (0, "")
+    assert hc.agent("status", vm) == (2, "Status: OFF")
+    assert set(hc.who_answered(vm, before, 4)) == {"host2"}

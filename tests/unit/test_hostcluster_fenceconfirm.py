@@ -62,7 +62,7 @@ def test_fenced_since(xml: str, fenced: bool) -> None:
 def test_stonith_history_runs_stonith_admin(tmp_path: object) -> None:
     fake = f"{tmp_path}/stonith_admin"
     with open(fake, "w") as f:
-        f.write("#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"--history host1 --output-as xml\" ] || exit 9\n"
+        f.write("#!/bin/sh\n[ \"$*\" = \"--history host1 --verbose --output-as xml\" ] || exit 9\n"
                 f"cat <<'EOF'\n{history(event('2026-11-26 18:30:05 +00:00'))}\nEOF\n")
     import os
     os.chmod(fake, 0o755)

@@ -6,7 +6,7 @@ guests only when one of these confirms a fence that completed *after* the host
 left (an old fence, from before the host came back, must not count):
 
 ``stonith-history``
-    Pacemaker's fencing history: ``stonith_admin --history HOST --output-as xml``;
+    Pacemaker's fencing history: ``stonith_admin --history HOST --verbose --output-as xml``;
     a ``fence_event`` of that target with action off or reboot, status success,
     completed no earlier than the departure.
 ``confirm_command``
@@ -86,7 +86,9 @@ class StonithHistory:
         self.timeout = timeout
 
     def __call__(self, host: str, left_at: float) -> bool:
-        argv = [self.argv0, "--history", host, "--output-as", "xml"]
+        # --verbose: without it Pacemaker 2.1.5 shows one success per target, and after a
+        # second fence of the same host it kept showing the first (lab-verified)
+        argv = [self.argv0, "--history", host, "--verbose", "--output-as", "xml"]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
                                   check=False, stdin=subprocess.DEVNULL)
