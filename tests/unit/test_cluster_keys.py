@@ -400,7 +400,9 @@ def test_a_cluster_fences_its_own_guests_only() -> None:
     assert serve(svc, tagged) == bytes([Result.SUCCESS])
     for req in (theirs, unknown, nobody):
         assert serve(svc, req) == bytes([Result.PERM])
-    assert backend.executed == [(Op.OFF, "web1"), (Op.OFF, WEB1), (Op.OFF, "tagged")]
+    # the guest that was checked is the one acted on: by its UUID
+    assert backend.executed == [(Op.OFF, WEB1), (Op.OFF, WEB1),
+                                (Op.OFF, "33333333-3333-3333-3333-000000000001")]
 
 
 def test_list_shows_a_cluster_its_own_guests() -> None:
@@ -459,4 +461,4 @@ def test_groups_still_apply_on_top_of_clusters() -> None:
         bytes([Result.PERM])
     assert serve(svc, Request("tcp", "10.0.0.9", Op.OFF, "web1", 3, cluster="A")) == \
         bytes([Result.PERM])
-    assert backend.executed == [(Op.OFF, "web1")]
+    assert backend.executed == [(Op.OFF, WEB1)]

@@ -68,13 +68,20 @@ class ClusterAccess:
 
     def allows(self, backend: Any, cluster: str | None, target: str) -> bool:
         """Whether ``cluster`` may act on ``target``. Blocking (backend calls)."""
-        if not self.enabled:
-            return True
+        return not self.enabled or self.permitted(backend, cluster, target) is not None
+
+    def permitted(self, backend: Any, cluster: str | None, target: str) -> GuestIdentity | None:
+        """The guest ``target`` names if ``cluster`` may act on it, else None. The caller
+        acts on this guest's UUID, not on ``target`` again: a name looked up twice may
+        name another domain the second time (renamed, or one of two same-named guests
+        on different hosts changing state in between). Blocking (backend calls)."""
         binding = self._bindings.get(cluster) if cluster is not None else None
         if binding is None:
-            return False
+            return None
         guest = self.identity(backend, target)
-        return guest is not None and binding.matches(guest.name, guest.uuid, guest.tag)
+        if guest is None or not binding.matches(guest.name, guest.uuid, guest.tag):
+            return None
+        return guest
 
     def visible(self, backend: Any, cluster: str | None,
                 records: Iterable[HostRecord]) -> list[HostRecord]:

@@ -306,20 +306,22 @@ class FenceService:
             return Result.HOSTLIST, framing.host_list(shown)
         if req.op in ACL_OPS and not self.access.allows(req.requester, req.target):
             return Result.PERM, framing.result(Result.PERM)
+        target, key = req.target, req.lock_key
         if req.op in ACL_OPS and self.cluster_access.enabled:
             await self._identify_serial_requester(req)
-            if not await asyncio.to_thread(
-                    self.cluster_access.allows, self.backend, req.cluster, req.target):
+            guest = await asyncio.to_thread(
+                self.cluster_access.permitted, self.backend, req.cluster, req.target)
+            if guest is None:
                 return Result.PERM, framing.result(Result.PERM)
+            target, key = guest.uuid, guest.uuid.lower()  # act on the guest that was checked
         # one lock per domain, whatever the request calls it (name or UUID)
-        key = req.lock_key
         if key is None:
-            key = await asyncio.to_thread(self._lock_key, req.target)
+            key = await asyncio.to_thread(self._lock_key, target)
         async with self._locks.hold(key):
             await asyncio.sleep(0)  # let pending EOF/RST events reach the stream first
             if stream.peer_gone():
                 return None, b""
-            code = await asyncio.to_thread(self.backend.execute, req.op, req.target)
+            code = await asyncio.to_thread(self.backend.execute, req.op, target)
         return code, framing.result(code)
 
     async def _identify_serial_requester(self, req: Request) -> None:
