@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from guestfence import __version__
 from guestfence.host.recent import ActiveRequests
+from guestfence.virt.wire import Op
 
 log = logging.getLogger("guestfenced")
 
@@ -44,6 +45,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # reasons always exported (also at 0), so that rate() works before the first drop
 DROP_REASONS = ("auth", "malformed", "incomplete", "stale", "duplicate")
 TRACKING_DECISIONS = ("owner", "migrating", "owner-gone", "ambiguous")
+# the op byte is the requester's choice: codes nobody defined share one label value, so
+# a guest cannot create 256 label sets (times outcomes, clusters and buckets)
+KNOWN_ACTIONS = frozenset(op.name.lower() for op in Op)
+OTHER_ACTION = "other"
 
 
 class MetricsSource(Protocol):
@@ -73,6 +78,8 @@ class ServiceMetrics:
 
     def observe_request(self, action: str, outcome: str, cluster: str | None,
                         seconds: float) -> None:
+        if action not in KNOWN_ACTIONS:
+            action = OTHER_ACTION
         self.requests.labels(action, outcome, cluster or NO_CLUSTER).inc()
         self.latency.labels(action).observe(seconds)
 
