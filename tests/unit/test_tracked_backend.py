@@ -249,3 +249,24 @@ def test_a_stopped_transient_guest_is_off_not_unknown() -> None:
     assert backend.execute(Op.STATUS, "vm1") == Result.OFF
     assert backend.execute(Op.OFF, "vm1") == Result.SUCCESS
     assert backend.execute(Op.ON, "vm1") == Result.FAIL
+
+
+def test_a_copy_vanishing_while_it_is_read_counts_as_gone() -> None:
+    """The destination of a failed migration removes its copy while we look it up."""
+    from guestfence.errors import BackendError
+
+    class Vanishing(FakeExecutor):
+        reads = 0
+
+        def lookup(self, target: str) -> DomainInfo | None:
+            self.reads += 1
+            if self.reads == 1:
+                raise BackendError("lookup failed: Domain not found")
+            return None
+
+    t = table_with({"h1": RUNNING})
+    t.event("h2", U1, "vm1", Kind.STARTED, "MIGRATED", 1.0)
+    src, dst = FakeExecutor({U1: RUNNING}), Vanishing({})
+    tracker = FakeTracker("h1", t, {"h1": src, "h2": dst}, mode="multi-libvirt")
+    assert TrackedBackend(tracker).execute(Op.OFF, "vm1") == Result.SUCCESS  # type: ignore
+    assert dst.reads == 2 and dst.calls == []

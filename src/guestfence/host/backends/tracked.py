@@ -47,7 +47,7 @@ from guestfence.tracking.tracker import Tracker, TrackingSnapshot
 from guestfence.virt.wire import HostRecord, Op, Result
 
 if TYPE_CHECKING:
-    from guestfence.host.backends.libvirt import LibvirtBackend
+    from guestfence.host.backends.libvirt import DomainInfo, LibvirtBackend
 
 log = logging.getLogger("guestfenced")
 
@@ -153,6 +153,20 @@ def plan(op: int, decision: Decision, role: Role) -> Plan:
 
 
 # -- the backend -----------------------------------------------------------------------
+
+LOOKUP_TRIES = 3
+
+
+def _lookup_settled(ex: LibvirtBackend, uuid: str) -> DomainInfo | None:
+    """``ex.lookup``, asked again when it fails: a domain that libvirt removes while we
+    read it (the end of a failed incoming migration) fails the read once, then is gone."""
+    for attempt in range(1, LOOKUP_TRIES + 1):
+        try:
+            return ex.lookup(uuid)
+        except BackendError:
+            if attempt == LOOKUP_TRIES:
+                raise
+    return None
 
 
 class TrackedBackend:
@@ -278,7 +292,7 @@ class TrackedBackend:
     @staticmethod
     def _vanished(ex: LibvirtBackend, uuid: str) -> bool:
         try:
-            return ex.lookup(uuid) is None
+            return _lookup_settled(ex, uuid) is None
         except BackendError:
             return False
 
@@ -297,7 +311,7 @@ class TrackedBackend:
             if ex is None:
                 continue
             try:
-                info = ex.lookup(step.uuid)
+                info = _lookup_settled(ex, step.uuid)
             except BackendError as e:
                 log.warning("%s: cannot check %s after off: %s", name, host, e)
                 ok = False
@@ -308,7 +322,7 @@ class TrackedBackend:
                         name, host, step.host)
             if ex.execute(Op.OFF, step.uuid) != Result.SUCCESS:
                 try:
-                    again = ex.lookup(step.uuid)
+                    again = _lookup_settled(ex, step.uuid)
                 except BackendError:
                     again = info
                 if again is not None and again.state != SHUTOFF:
