@@ -188,3 +188,11 @@ def test_a_key_retired_during_the_challenge_does_not_fence(tmp_path: Path) -> No
         asyncio.run(svc.serve(req, end, None))
     assert backend.executed == [(Op.OFF, "vm1")], "a key retired mid-request still fenced"
     assert svc.recent.last(1)[0].outcome == "auth-failed"
+
+
+def test_a_ring_key_repr_shows_the_fingerprint_never_the_key() -> None:
+    key = bytes(range(256)) * 16
+    ring = KeyRing.single(key, "/etc/cluster/fence_xvm.key")
+    text = repr(ring.keys[0]) + str(ring.keys[0])
+    assert ring.keys[0].fingerprint in text
+    assert repr(key[:32])[2:-1] not in text and key[:32].hex() not in text

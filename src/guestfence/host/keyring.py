@@ -71,7 +71,7 @@ class RingKey:
     cluster: str | None
     role: str
     path: str
-    key: bytes
+    key: bytes = field(repr=False)  # a repr (a log line, a traceback) names the fingerprint
     fingerprint: str
     binding: GuestBinding | None
     _prefixes: dict[HashType, Any] = field(default_factory=dict, repr=False)
