@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from guestfence.lab import guestcib
-from guestfence.lab.guestlab import DEFAULT_STATE_DIR, HOSTS, NODES, GuestLab, node_key
+from guestfence.lab.guestlab import (
+    DEFAULT_STATE_DIR,
+    HOSTS,
+    NAMESPACE_PREFIX,
+    NODES,
+    STATE_FILE,
+    GuestLab,
+    node_key,
+)
 from guestfence.lab.netns import LabError
 
 
@@ -29,18 +37,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=("up", "status", "down"))
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the running lab keeps its state (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--prefix", default=NAMESPACE_PREFIX, metavar="NAME",
+                   help=f"network namespace name prefix for up (default {NAMESPACE_PREFIX})")
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     if args.action == "up":
-        lab = GuestLab(args.state_dir, progress=console.print).up()
+        lab = GuestLab(args.state_dir, prefix=args.prefix, progress=console.print).up()
         console.print()
         show_status(lab, console)
         return 0
     if args.action == "down":
         if os.geteuid() != 0:
             raise LabError("the lab needs root to remove its namespaces")
+        if not (args.state_dir / STATE_FILE).exists():
+            console.print(f"no lab is up (no {args.state_dir / STATE_FILE}); nothing to remove")
+            return 0
         GuestLab.load(args.state_dir).down()
         console.print(f"lab removed: processes, namespaces and {args.state_dir}")
         return 0

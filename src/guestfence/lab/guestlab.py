@@ -127,8 +127,7 @@ class GuestLab:
         if str(self.state_dir).startswith(("/run/", "/dev/shm/")):
             raise LabError(f"{self.state_dir}: the state directory must not be under /run or "
                            "/dev/shm (the nodes get private copies of those)")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state = {"prefix": self.prefix, "namespaces": {}, "addresses": {}, "hosts": {},
                       "started": time.time()}
         try:
@@ -148,9 +147,19 @@ class GuestLab:
 
     def _build(self) -> None:
         members = [*NODES, *HOSTS, STORAGE]
+        taken = [n for n in (*(self.prefix + m for m in members), self.prefix + "br")
+                 if Namespace(n).exists()]
+        if taken:  # build_lan would replace them: they may be another lab's
+            raise LabError(f"network namespaces {', '.join(taken)} exist already (another "
+                           "lab with another --state-dir? use --prefix, or its 'lab down')")
+        # recorded before they exist, so a 'down' after an interrupted 'up' finds them
+        self.state["namespaces"] = {m: self.prefix + m for m in members}
+        self.state["namespaces"]["bridge"] = self.prefix + "br"
+        self._save()
         lan = build_lan(self.prefix, members, subnet=SUBNET, subnet6=None)
-        self.state["namespaces"] = {m: lan.hosts[m].name for m in members}
-        self.state["namespaces"]["bridge"] = lan.bridge.name
+        if {m: lan.hosts[m].name for m in members} | {"bridge": lan.bridge.name} \
+                != self.state["namespaces"]:
+            raise LabError("build_lan named the namespaces unexpectedly")
         self.state["addresses"] = dict(lan.addresses)
         write_key(str(self.key_file))
         self._say(f"LAN {SUBNET}.0/24: {', '.join(members)} (namespaces {self.prefix}*)")
@@ -299,9 +308,19 @@ class GuestLab:
                 errors.append(str(e))
         for proc in self._children:
             proc.poll()
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._remove_files()
         if errors:
             raise LabError("; ".join(errors))
+
+    def _remove_files(self) -> None:
+        """Remove what the lab wrote, then the state directory if nothing else is in it
+        (``--state-dir`` may name a directory that holds other things)."""
+        for name in (*HOSTS, STORAGE, "cluster"):
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
+        for name in (STATE_FILE, f"{STATE_FILE}.tmp", self.key_file.name):
+            (self.state_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()
 
     # -- looking at it ---------------------------------------------------------------
 
