@@ -196,3 +196,29 @@ def test_a_ring_key_repr_shows_the_fingerprint_never_the_key() -> None:
     text = repr(ring.keys[0]) + str(ring.keys[0])
     assert ring.keys[0].fingerprint in text
     assert repr(key[:32])[2:-1] not in text and key[:32].hex() not in text
+
+
+def test_another_cluster_cannot_make_a_known_requester_unknown(tmp_path: Path) -> None:
+    """Multicast source addresses can be forged, and a guest of cluster A holds a valid
+    key: one signed datagram of A's sent "from" B's guest must not replace what the ring
+    learnt about B's guest, or a flood (which spends the budgets) then mutes B's guest."""
+    import pytest
+
+    from guestfence.host.clusters import GuestBinding
+    from guestfence.host.keyring import ScanRefused
+    from tests.unit.test_cluster_keys import request
+
+    a, b = os.urandom(4096), os.urandom(4096)
+    sources = [KeySource("A", _write_key(tmp_path / "a.key", a), str(tmp_path / "a.key.next"),
+                         GuestBinding(names=frozenset({"web1"}))),
+               KeySource("B", _write_key(tmp_path / "b.key", b), str(tmp_path / "b.key.next"),
+                         GuestBinding(names=frozenset({"db1"})))]
+    ring = KeyRing.load(sources, strict=True)
+    b_guest = "10.0.0.7"
+    assert ring.identify(request().sign(b), HashType.SHA256, b_guest)[1].cluster == "B"
+    assert ring.identify(request().sign(a), HashType.SHA256, b_guest)[1].cluster == "A"
+    flood = lambda: False  # noqa: E731 - the budgets are spent
+    assert ring.identify(request().sign(b), HashType.SHA256, b_guest, flood)[1].cluster == "B"
+    assert ring.identify(request().sign(a), HashType.SHA256, b_guest, flood)[1].cluster == "A"
+    with pytest.raises(ScanRefused):  # a key neither learnt still waits for the budget
+        ring.identify(request().sign(os.urandom(4096)), HashType.SHA256, b_guest, flood)

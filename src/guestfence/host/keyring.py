@@ -10,8 +10,10 @@ about 3 us per key. The ring keeps, per key and algorithm, the hash state
 after the key prefix (``hashlib`` objects can be copied), so one trial only
 hashes the 176-byte block: about 0.4 us per key, 20 us for 50 keys. The key
 that last verified a request from the same requester is tried first (then
-the other key of its cluster, during a rotation), so a valid request
-normally costs one trial. Every datagram costs at most one
+the other key of its cluster, during a rotation, and the keys of up to three
+more clusters that verified for that address: a forged source address with
+another cluster's valid signature adds to what the ring knows, it does not
+replace it), so a valid request normally costs one trial. Every datagram costs at most one
 trial per key, whatever it contains; on the multicast listener, where source
 addresses can be forged, a source whose datagrams keep matching no key is
 limited (FailureLimiter) and full scans for requesters not known yet share a
@@ -51,7 +53,11 @@ _ALGORITHMS: dict[HashType, Callable[[bytes], Any]] = {
     HashType.SHA512: hashlib.sha512,
 }
 _DIGEST_SIZES = {HashType.SHA1: 20, HashType.SHA256: 32, HashType.SHA512: 64}
-HINTS_MAX = 4096  # requesters remembered with the key that last verified for them
+HINTS_MAX = 4096  # requesters remembered with the keys that last verified for them
+# clusters remembered per requester address: multicast source addresses can be forged,
+# so a guest of another cluster holding a valid key must not be able to make the ring
+# forget the real requester's key by signing one datagram "from" its address
+HINT_CLUSTERS = 4
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ class KeyRing:
     def __init__(self, keys: Sequence[RingKey], clustered: bool) -> None:
         self.keys = tuple(keys)
         self.clustered = clustered  # a clusters block: every request must match a key
-        self._hints: OrderedDict[str, RingKey] = OrderedDict()
+        # requester -> the keys that verified for it, one per cluster, most recent first
+        self._hints: OrderedDict[str, tuple[RingKey, ...]] = OrderedDict()
         # each cluster's keys, current first: a known requester's cluster is tried whole
         # (at most two keys) before the budgets are asked, so a rotation never mutes it
         self._by_cluster: dict[str | None, list[RingKey]] = {}
@@ -182,11 +189,12 @@ class KeyRing:
             raise AuthError(self._no_match())
         digest = field_bytes[:size]
         unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
-        hinted = self._hints.get(hint) if hint is not None else None
+        hinted = self._hints.get(hint, ()) if hint is not None else ()
         tried: list[RingKey] = []
-        if hinted is not None:  # its key first, then its cluster's other key (a rotation)
-            for key in (hinted, *(k for k in self._by_cluster.get(hinted.cluster, ())
-                                  if k is not hinted)):
+        for learnt in hinted:  # its keys first, then their clusters' other key (a rotation)
+            for key in (learnt, *self._by_cluster.get(learnt.cluster, ())):
+                if any(key is t for t in tried):
+                    continue
                 tried.append(key)
                 if key.signs(request.hash_type, unsigned, digest):
                     self._remember(hint, key)  # type: ignore[arg-type]
@@ -222,15 +230,21 @@ class KeyRing:
         has it, else (the key was retired) its cluster's current key. A hint only orders
         the trials; the signature decides."""
         by_bytes = {(k.cluster, k.key): k for k in self.keys}
-        for hint, old in older._hints.items():
-            new = by_bytes.get((old.cluster, old.key))
-            if new is None and self._by_cluster.get(old.cluster):
-                new = self._by_cluster[old.cluster][0]
-            if new is not None:
-                self._hints[hint] = new
+        for hint, olds in older._hints.items():
+            kept: list[RingKey] = []
+            for old in olds:
+                new = by_bytes.get((old.cluster, old.key))
+                if new is None and self._by_cluster.get(old.cluster):
+                    new = self._by_cluster[old.cluster][0]
+                if new is not None and all(new.cluster != k.cluster for k in kept):
+                    kept.append(new)
+            if kept:
+                self._hints[hint] = tuple(kept)
 
     def _remember(self, hint: str, key: RingKey) -> None:
-        self._hints[hint] = key
+        """``key`` first for ``hint``; the other clusters learnt for it stay behind it."""
+        others = tuple(k for k in self._hints.get(hint, ()) if k.cluster != key.cluster)
+        self._hints[hint] = (key, *others)[:HINT_CLUSTERS]
         self._hints.move_to_end(hint)
         while len(self._hints) > HINTS_MAX:
             self._hints.popitem(last=False)
