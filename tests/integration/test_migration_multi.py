@@ -153,7 +153,7 @@ def test_unreachable_host_fails_never_off(hosts: HostsLab, tmp_key: Path) -> Non
     # exactly one daemon (h2: the lowest reachable host) answered, and said why
     assert counts(lab, "g3", "off", 1) == {"h1": 0, "h2": 1}
     assert "outcome=fail" in lines(lab.daemons["h2"], "g3", "off")[0]
-    lab.daemons["h2"].wait_for_log("g3: owner h1 left the host cluster and is not confirmed "
+    lab.daemons["h2"].wait_for_log("g3: owner h1 is unreachable and is not confirmed "
                                    "fenced: fail")
 
 

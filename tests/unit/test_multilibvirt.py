@@ -55,7 +55,7 @@ def test_unreachable_host_fails_never_off(caplog: pytest.LogCaptureFixture) -> N
     b = TrackedBackend(t)
     for op in (Op.OFF, Op.STATUS, Op.REBOOT):
         assert b.execute(op, "vm1") == Result.FAIL
-    assert "owner h3 left the host cluster and is not confirmed fenced" in caplog.text
+    assert "vm1: owner h3 is unreachable and is not confirmed fenced: fail" in caplog.text
     # with host_name set, exactly one daemon (the lowest reachable host) answers the fail
     assert TrackedBackend(offline("h1", {"h3": {U1: "vm1"}})).owns("vm1")
     assert not TrackedBackend(offline("h2", {"h3": {U1: "vm1"}})).owns("vm1")

@@ -116,11 +116,20 @@ def _name(decision: Decision) -> str:
     return decision.target
 
 
-def plan(op: int, decision: Decision, role: Role) -> Plan:
+GONE_PHRASE: dict[str, str] = {
+    "cpg": "left the host cluster",
+    "multi-libvirt": "is unreachable",
+    "static": "is unreachable (its libvirt does not answer)",
+}
+"""How each mode says that a guest's owner host is no longer a member."""
+
+
+def plan(op: int, decision: Decision, role: Role, gone: str = GONE_PHRASE["cpg"]) -> Plan:
     """What to do for ``op`` given the decision and this daemon's role (no I/O).
 
     Never a success that is not verified: without an acting live host the only
-    success is off/reboot of a guest whose host was confirmed fenced.
+    success is off/reboot of a guest whose host was confirmed fenced. ``gone``
+    words a departed owner in the log line ("left the host cluster").
     """
     name = _name(decision)
     if role == "silent":
@@ -134,8 +143,8 @@ def plan(op: int, decision: Decision, role: Role) -> Plan:
     # role == "answer": no live owner
     if isinstance(decision, OwnerGone):
         if not decision.fenced:
-            return Reply(Result.FAIL, f"{name}: owner {decision.host} left the host cluster and "
-                         "is not confirmed fenced: fail")
+            return Reply(Result.FAIL, f"{name}: owner {decision.host} {gone} and is not "
+                         "confirmed fenced: fail")
         if op == Op.STATUS:
             return Reply(Result.OFF, f"{name}: owner {decision.host} was fenced: off")
         if op in (Op.OFF, Op.REBOOT):
@@ -241,7 +250,7 @@ class TrackedBackend:
             return Result.FAIL
         for attempt in range(1, MAX_ATTEMPTS + 1):
             decision, role = self.resolve(target)
-            step = plan(op, decision, role)
+            step = plan(op, decision, role, GONE_PHRASE.get(self.tracker.mode, "left"))
             if isinstance(step, Reply):
                 if step.code == Result.FAIL and step.reason:
                     log.warning("%s", step.reason)
