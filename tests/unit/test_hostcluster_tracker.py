@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import guestfence.tracking.hostcluster as hc
 from guestfence.errors import BackendError
 from guestfence.host.backends.tracked import TrackedBackend
 from guestfence.tracking.cpg import Address, OnConfchg, OnDeliver
@@ -218,8 +219,10 @@ def test_a_departed_owner_is_answered_for_only_once_fenced_after_it_left() -> No
         left_at = h2.asked[-1][1]
         assert left_at > before_leave
         assert TrackedBackend(h3.tracker).owns("g1") is False
+        asked = len(h2.asked)
         h2.fenced_hosts["host1"] = left_at + 2  # the host cluster fences it now
-        assert backend.execute(Op.OFF, "g1") == Result.SUCCESS
+        assert backend.execute(Op.OFF, "g1") == Result.SUCCESS  # asked again: no stale "no"
+        assert len(h2.asked) == asked + 1
         assert backend.execute(Op.STATUS, "g1") == Result.OFF
         assert h2.tracker.decide("g1") == OwnerGone("host1", True, U1, "g1")
         assert h2.tracker.snapshot().departed_unfenced == ()
@@ -311,11 +314,48 @@ def test_first_inventory_must_come_back() -> None:
             return Mute(bus, 1, 1, d, c, up, down)
 
         tracker = CpgTracker("host1", transport, FakeSource(), lambda h, t: False)
-        import guestfence.tracking.hostcluster as hc
         old, hc.FIRST_INVENTORY_TIMEOUT = hc.FIRST_INVENTORY_TIMEOUT, 0.2
         try:
             with pytest.raises(BackendError, match="first announcement"):
                 await tracker.start()
         finally:
             hc.FIRST_INVENTORY_TIMEOUT = old
+    run(body)
+
+
+def test_concurrent_confirmations_share_one_question_never_a_staler_one() -> None:
+    import threading
+
+    async def body() -> None:
+        bus = FakeBus()
+        release = threading.Event()
+        asks: list[float] = []
+
+        def slow_no(host: str, left_at: float) -> bool:
+            asks.append(time.monotonic())
+            if len(asks) == 1:
+                release.wait(5)  # the first question hangs until B and C arrived
+            return False
+
+        hosts = [Host(bus, "host1", 1, running("g1")), Host(bus, "host2", 2, confirm=slow_no)]
+        for h in hosts:
+            await h.tracker.start()
+        await until(lambda: hosts[1].tracker.members() == ["host1", "host2"])
+        await hosts[0].member.stop()
+        await until(lambda: hosts[1].tracker.members() == ["host2"])
+        tracker = hosts[1].tracker
+        results: list[bool] = []
+        a = threading.Thread(target=lambda: results.append(tracker.confirm_fenced("host1")))
+        a.start()
+        await until(lambda: len(asks) == 1)
+        late = [threading.Thread(target=lambda: results.append(tracker.confirm_fenced("host1")))
+                for _ in range(2)]
+        for t in late:
+            t.start()
+        await asyncio.sleep(0.1)
+        release.set()
+        for t in (a, *late):
+            await asyncio.to_thread(t.join, 5)
+        assert results == [False, False, False]
+        assert len(asks) == 2  # A's question, then one for both late callers
     run(body)

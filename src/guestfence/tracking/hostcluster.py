@@ -115,6 +115,8 @@ class CpgTracker:
         self._live: set[tuple[int, int]] = set()
         self._left_at: dict[str, float] = {}  # wall clock, for the fencing history
         self._fenced: set[str] = set()
+        self._confirming = threading.Lock()  # one fencing question at a time
+        self._not_fenced: dict[str, tuple[float, float]] = {}  # host -> (left_at, asked at)
         self._seq = 0
         self.malformed = 0
         self._malformed_logged_at = -MALFORMED_LOG_INTERVAL
@@ -299,23 +301,36 @@ class CpgTracker:
             return self.table.members()
 
     def confirm_fenced(self, host: str) -> bool:
-        """Ask the host cluster (blocking); a yes is remembered until the host rejoins."""
-        with self._lock:
-            if host in self._fenced:
-                return True
-            if self.table.is_member(host):
+        """Ask the host cluster (blocking); a yes is remembered until the host rejoins.
+
+        One question at a time; callers that arrived while a question was being
+        asked take the answer of the next one (asked after they arrived, so never
+        staler than their own): a flood of requests for a dead host's guests
+        starts one ``stonith_admin`` at a time, not one each.
+        """
+        arrived = self._clock()
+        with self._confirming:
+            with self._lock:
+                if host in self._fenced:
+                    return True
+                if self.table.is_member(host):
+                    return False
+                left_at = self._left_at.get(host)
+            if left_at is None:
+                log.warning("host cluster: %s is not known to have left; not confirming", host)
                 return False
-            left_at = self._left_at.get(host)
-        if left_at is None:
-            log.warning("host cluster: %s is not known to have left; not confirming", host)
-            return False
-        if not self._confirm(host, left_at):
-            return False
-        with self._lock:
-            if self.table.is_member(host) or self._left_at.get(host) != left_at:
-                return False  # it came back while we asked
-            self.table.host_fenced(host, self._clock())
-            self._fenced.add(host)
+            asked = self._not_fenced.get(host)
+            if asked is not None and asked[0] == left_at and asked[1] >= arrived:
+                return False
+            started = self._clock()
+            if not self._confirm(host, left_at):
+                self._not_fenced[host] = (left_at, started)
+                return False
+            with self._lock:
+                if self.table.is_member(host) or self._left_at.get(host) != left_at:
+                    return False  # it came back while we asked
+                self.table.host_fenced(host, self._clock())
+                self._fenced.add(host)
         log.warning("host cluster: %s confirmed fenced; its guests count as off", host)
         return True
 
