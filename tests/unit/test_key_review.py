@@ -222,3 +222,25 @@ def test_another_cluster_cannot_make_a_known_requester_unknown(tmp_path: Path) -
     assert ring.identify(request().sign(a), HashType.SHA256, b_guest, flood)[1].cluster == "A"
     with pytest.raises(ScanRefused):  # a key neither learnt still waits for the budget
         ring.identify(request().sign(os.urandom(4096)), HashType.SHA256, b_guest, flood)
+
+
+def test_a_key_file_another_user_owns_fails_closed(tmp_path: Path) -> None:
+    """Mode 0600 protects a key only if the daemon's user (or root) owns the file: its
+    owner can read it, or replace it with a key of their own."""
+    import pytest
+
+    from guestfence.errors import KeyFileError
+    from guestfence.host.keys import load_daemon_key
+
+    key_file = _write_key(tmp_path / "fence_xvm.key", os.urandom(4096))
+    os.chown(key_file, 65534, 65534)
+    with pytest.raises(KeyFileError, match="belongs to uid 65534"):
+        load_daemon_key(key_file)
+    sources = [KeySource(None, key_file, f"{key_file}.next", None)]
+    assert KeyRing.load(sources, strict=False).keys == ()
+    os.chown(key_file, 0, 0)
+    assert len(KeyRing.load(sources, strict=False).keys) == 1
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):  # and no hang
+        load_daemon_key(str(fifo))
