@@ -38,3 +38,28 @@ def test_the_guest_checked_is_the_guest_acted_on() -> None:
     asyncio.run(svc.serve(req, sink, None, authenticate=False))
     assert sink.sent == bytes([Result.SUCCESS])
     assert backend.executed == [(Op.OFF, WEB1)], "cluster A's request acted on B's guest"
+
+
+def test_tag_bindings_on_a_backend_that_cannot_read_tags_are_reported(
+        caplog: object) -> None:
+    """The tracked backends (static, cpg, multi-libvirt) read no domain metadata: a cluster
+    bound by tag may then fence nothing, and the log must say why, once."""
+    import logging
+
+    import pytest
+
+    class NoTags(Backend):
+        cluster_tag = None  # type: ignore[assignment]
+        cluster_tags = None  # type: ignore[assignment]
+
+    assert isinstance(caplog, pytest.LogCaptureFixture)
+    backend = NoTags()
+    svc = clustered_service(backend)
+    with caplog.at_level(logging.WARNING, logger="guestfenced"):
+        for seqno in (1, 2):
+            sink = Sink()
+            req = Request("multicast", "10.0.0.5", Op.OFF, "tagged", seqno, cluster="A")
+            asyncio.run(svc.serve(req, sink, None, authenticate=False))
+            assert sink.sent == bytes([Result.PERM])
+    warnings = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(warnings) == 1 and "tag" in warnings[0], warnings

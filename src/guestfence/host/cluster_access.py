@@ -37,6 +37,7 @@ class ClusterAccess:
         self.clusters = tuple(clusters)
         self._bindings: dict[str, GuestBinding] = {c.name: c.binding for c in clusters}
         self.uses_tags = any(c.binding.uses_tags for c in clusters)
+        self._said_no_tags = False
 
     @property
     def enabled(self) -> bool:
@@ -54,10 +55,19 @@ class ClusterAccess:
         tag = self._tag(backend, info.uuid) if self.uses_tags else None
         return GuestIdentity(info.name, info.uuid, tag)
 
-    @staticmethod
-    def _tag(backend: Any, uuid: str) -> str | None:
+    def _no_tags(self, backend: Any) -> None:
+        """Tag bindings on a backend that reads no domain metadata match nothing: say so once
+        (fail closed, but not silently)."""
+        if not self._said_no_tags:
+            self._said_no_tags = True
+            log.warning("the %s backend cannot read the guestfence cluster tag of domains: "
+                        "tag bindings in the clusters block match no guest (bind those guests "
+                        "by name, UUID or pattern)", getattr(backend, "name", "?"))
+
+    def _tag(self, backend: Any, uuid: str) -> str | None:
         read = getattr(backend, "cluster_tag", None)
         if read is None:
+            self._no_tags(backend)
             return None
         try:
             tag = read(uuid)
@@ -95,6 +105,8 @@ class ClusterAccess:
         tags: dict[str, str] = {}
         if binding.uses_tags:
             read_all = getattr(backend, "cluster_tags", None)
+            if read_all is None:
+                self._no_tags(backend)
             try:
                 tags = dict(read_all()) if read_all is not None else {}
             except GuestfenceError as e:
