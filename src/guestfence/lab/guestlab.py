@@ -29,30 +29,36 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from guestfence.keygen import write_key
 from guestfence.lab import guestcib
 from guestfence.lab.cluster import Cluster, missing_tools
+from guestfence.lab.guestview import (
+    CLUSTER_NAME,
+    HOSTS,
+    NODES,
+    STORAGE,
+    TARGET_IQN,
+    TARGET_PORT,
+    GuestState,
+    LabView,
+    completed_at,
+    node_key,
+)
 from guestfence.lab.netns import LabError, Namespace, build_lan
-from guestfence.lab.ourdaemon import READY_LINE, daemon_config_text, venv_tool
+from guestfence.lab.ourdaemon import READY_LINE, daemon_config_text
 from guestfence.lab.testdriver import Guest, write_node_xml
-from guestfence.scsi.keys import derive_key
 
 DEFAULT_STATE_DIR = Path("/var/lib/guestfence-lab")
 NAMESPACE_PREFIX = "gflab-"
 SUBNET = "10.231.90"
-CLUSTER_NAME = "gflab"
-HOSTS: Mapping[str, tuple[str, ...]] = {"host1": ("node1", "node2"), "host2": ("node3",)}
-NODES = tuple(n for guests in HOSTS.values() for n in guests)
-STORAGE = "storage"
-TARGET_IQN = "iqn.2026-11.org.guestfence.lab:shared"
-TARGET_PORT = 3260
 LUN_SIZE = 64 * 1024 * 1024
 STATE_FILE = "lab.json"
+__all__ = ["CLUSTER_NAME", "DEFAULT_STATE_DIR", "HOSTS", "NAMESPACE_PREFIX", "NODES", "STATE_FILE",
+           "STORAGE", "GuestLab", "GuestState", "check_can_run", "completed_at", "node_key"]
 _ENTRY = "import sys; from guestfence.cli import main; sys.argv[0] = 'guestfence'; main()"
 
 Progress = Callable[[str], None]
@@ -62,19 +68,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class GuestState:
-    name: str
-    host: str
-    power: str  # on, off, or unknown (the host did not answer)
-
-
-def node_key(node: str) -> int:
-    """The fence_scsi key of ``node`` (key_value=hash, as the lab's CIB asks)."""
-    return int(derive_key(CLUSTER_NAME, node, "hash"), 16)
-
-
-class GuestLab:
+class GuestLab(LabView):
     """Build with :meth:`up`, find again with :meth:`load`, tear down with :meth:`down`."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *,
@@ -88,20 +82,6 @@ class GuestLab:
         self._t0 = time.monotonic()
 
     # -- paths and names -------------------------------------------------------------
-
-    @property
-    def key_file(self) -> Path:
-        return self.state_dir / "fence_xvm.key"
-
-    @property
-    def lun_url(self) -> str:
-        return f"iscsi://{self.state['addresses'][STORAGE]}:{TARGET_PORT}/{TARGET_IQN}/1"
-
-    def namespace(self, member: str) -> Namespace:
-        return Namespace(self.state["namespaces"][member])
-
-    def host_of(self, node: str) -> str:
-        return next(h for h, guests in HOSTS.items() if node in guests)
 
     def _say(self, text: str) -> None:
         self.progress(f"[{time.monotonic() - self._t0:5.1f}s] {text}")
@@ -322,64 +302,6 @@ class GuestLab:
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()
 
-    # -- looking at it ---------------------------------------------------------------
-
-    def node_with_stack(self) -> Any:
-        assert self.cluster is not None
-        for node in self.cluster.nodes():
-            if node.holder_pid is not None and node.stack_pids("pacemakerd"):
-                return node
-        raise LabError("no node of the lab runs pacemaker")
-
-    def crm_mon_xml(self) -> str:
-        return str(self.node_with_stack().run(["crm_mon", "-1", "--output-as=xml"]).stdout)
-
-    def started_resources(self) -> dict[str, str]:
-        """Resource id -> node it is started on, from crm_mon."""
-        import xml.etree.ElementTree as ET
-
-        try:
-            root = ET.fromstring(self.crm_mon_xml())
-        except (ET.ParseError, LabError):
-            return {}
-        found = {}
-        for res in root.iter("resource"):
-            node = res.find("node")
-            if res.get("role") == "Started" and node is not None:
-                found[res.get("id", "")] = node.get("name", "")
-        return found
-
-    def fence_history(self, target: str) -> list[dict[str, str]]:
-        """The fencer's operations on ``target`` (``*``: all), newest first, as attributes
-        of ``stonith_admin --history --verbose`` (action, target, status, client, ...)."""
-        import xml.etree.ElementTree as ET
-
-        try:
-            out = self.node_with_stack().run(
-                ["stonith_admin", "--history", target, "--verbose", "--output-as=xml"]).stdout
-            root = ET.fromstring(out[out.index("<"):])
-        except (ValueError, ET.ParseError, LabError):
-            return []
-        return [dict(e.attrib) for e in root.iter("fence_event")]
-
-    def guest_power(self, node: str, timeout: int = 3) -> str:
-        """``on``/``off`` as the guest's host daemon answers our fence_xvm, else ``unknown``."""
-        done = self.namespace(STORAGE).run(
-            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", "status", "-H", node,
-             "-t", str(timeout)], capture_output=True, text=True, timeout=timeout + 30,
-            stdin=subprocess.DEVNULL)
-        return {0: "on", 2: "off"}.get(done.returncode, "unknown")
-
-    def guests(self) -> list[GuestState]:
-        return [GuestState(n, self.host_of(n), self.guest_power(n)) for n in NODES]
-
-    def power_on(self, node: str) -> None:
-        done = self.namespace(STORAGE).run(
-            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", "on", "-H", node],
-            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise LabError(f"power on {node} failed: {done.stdout}{done.stderr}")
-
     def restart_guest(self, node: str, timeout: float = 90.0) -> None:
         """Bring a fenced node back: its host daemon running, the guest on, its stack
         started, unfenced again (key on the LUN) and every node online."""
@@ -413,42 +335,6 @@ class GuestLab:
                 proc.wait(10)
         self.state["hosts"][host]["pid"] = None
         self._save()
-
-    def host_requests(self, host: str) -> list[str]:
-        """The request log lines of a host's guestfenced (one per request it served)."""
-        log = Path(self.state["hosts"][host]["log"])
-        return [x for x in log.read_text(errors="replace").splitlines() if " request " in x]
-
-    def _probe(self, member: str, *args: str) -> dict[str, Any]:
-        done = self.namespace(member).run(
-            [sys.executable, "-m", "guestfence.lab.lunprobe", *args], capture_output=True,
-            text=True, timeout=30, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise LabError(f"LUN probe {' '.join(args)} failed (rc {done.returncode}): "
-                           f"{done.stdout.strip()} {done.stderr.strip()}")
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
-
-    def lun_keys(self) -> list[int]:
-        """PR IN READ KEYS on the shared LUN (one key per registered I_T nexus)."""
-        return [int(k, 16) for k in self._probe(STORAGE, "keys", self.lun_url)["keys"]]
-
-    def write_as_node(self, node: str) -> str:
-        """SCSI status of a WRITE sent from ``node`` with its fence_scsi initiator identity."""
-        initiator = f"iqn.2026-11.org.guestfence:{node}"  # fence_scsi's default: the hostname
-        return str(self._probe(node, "write", self.lun_url, initiator)["status"])
-
-
-def completed_at(event: Mapping[str, str]) -> float:
-    """When a fence_event completed (POSIX time, whole seconds); 0 if it has not."""
-    from datetime import UTC, datetime
-
-    try:
-        done = datetime.strptime(event["completed"], "%Y-%m-%d %H:%M:%SZ")
-    except (KeyError, ValueError):
-        return 0.0
-    return done.replace(tzinfo=UTC).timestamp()
-
 
 def check_can_run() -> None:
     """Refuse early, naming what is missing: root, tools, libiscsi."""
