@@ -40,7 +40,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: all setup test-deps demo test lint typecheck unit integration bench man clean
+.PHONY: all setup test-deps demo lab test lint typecheck unit integration bench man clean
 
 all: setup
 
@@ -71,6 +71,10 @@ test-deps: setup $(STAMP_TEST)
 
 demo: setup
 	$(BIN)/guestfence demo
+
+# a three-node pacemaker guest cluster fencing through guestfence (guestfence lab down removes it)
+lab: test-deps
+	$(BIN)/guestfence lab up
 
 lint: setup
 	$(BIN)/ruff check --no-cache src tests bench
