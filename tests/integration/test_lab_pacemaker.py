@@ -104,8 +104,13 @@ def test_pacemaker_tools_accept_our_agents(lab: GuestLab) -> None:
 
 
 def test_every_node_unfenced_itself(lab: GuestLab) -> None:
-    assert set(lab.lun_keys()) == {node_key(n) for n in ("node1", "node2", "node3")}
+    nodes = ("node1", "node2", "node3")
+    assert set(lab.lun_keys()) == {node_key(n) for n in nodes}
     assert lab.write_as_node(VICTIM) == "GOOD"
+    for node in nodes:  # on_target="1": each node's own fencer ran fence_scsi on for itself
+        ons = [e for e in fence_events(lab, node) if e["action"] == "on"]
+        assert ons and all(e["status"] == "success" for e in ons), ons
+        assert {e["delegate"] for e in ons} == {node}, ons
 
 
 def test_stonith_admin_fences_through_fence_xvm(lab: GuestLab) -> None:
@@ -118,7 +123,9 @@ def test_stonith_admin_fences_through_fence_xvm(lab: GuestLab) -> None:
     offs = [x for x in lab.host_requests("host2")[before:]
             if f"target={VICTIM} action=off " in x and "outcome=success" in x]
     assert len(offs) == 1, lab.host_requests("host2")[before:]
-    assert lab.state["addresses"]["storage"] not in offs[0]  # asked by a cluster node
+    requester = re.search(r"requester=(\S+)", offs[0])
+    assert requester is not None  # asked by a cluster node's fencer, not by the lab
+    assert requester.group(1) in {lab.state["addresses"][n] for n in ("node1", "node2")}
     last = fence_events(lab, VICTIM)[0]
     assert (last["action"], last["status"]) == ("off", "success"), last
     survivors_keep_running(lab)
