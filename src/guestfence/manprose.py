@@ -131,8 +131,9 @@ Default configuration file; \fBguestfenced \-\-configure\fR writes it.
 .TP
 .I /etc/cluster/fence_xvm.key
 Default shared key: the first 4096 bytes are used. It must be a regular file
-of mode 0600; guestfenced refuses to start otherwise (it does not change the
-mode itself). Create one with \fBguestfence keygen\fR.
+of mode 0600, owned by root (or by guestfenced's user); guestfenced refuses to
+start otherwise (it does not change the mode itself), and a key that stops
+being so while it runs stops working. Create one with \fBguestfence keygen\fR.
 .TP
 .I /run/guestfenced/
 PID file and sockets when run by systemd."""),
