@@ -210,6 +210,7 @@ class CpgHandle:
         self.group = group_name(group)
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
+        self.on_ring: Callable[[int], None] = lambda _seq: None
         # The C side keeps these function pointers: they live as long as the handle.
         self._model = CpgModelV1Data(
             CPG_MODEL_V1, DeliverFn(self._deliver), ConfchgFn(self._confchg),
@@ -301,8 +302,11 @@ class CpgHandle:
             log.exception("cpg: configuration change callback failed")
 
     def _totem(self, _handle: int, ring: CpgRingId, count: int, _nodes: object) -> None:
-        with contextlib.suppress(Exception):
+        try:
             log.debug("cpg: totem ring %x.%x with %d nodes", ring.nodeid, ring.seq, count)
+            self.on_ring(int(ring.seq))
+        except Exception:
+            log.exception("cpg: totem callback failed")
 
 
 class CpgMember:
@@ -319,8 +323,10 @@ class CpgMember:
 
     def __init__(self, group: str, on_deliver: OnDeliver, on_confchg: OnConfchg,
                  on_connected: Callable[[], None] = lambda: None,
-                 on_disconnected: Callable[[], None] = lambda: None) -> None:
+                 on_disconnected: Callable[[], None] = lambda: None,
+                 on_ring: Callable[[int], None] = lambda _seq: None) -> None:
         self.group = group
+        self.on_ring = on_ring  # the totem ring sequence of each new membership
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
         self.on_connected = on_connected
@@ -350,6 +356,7 @@ class CpgMember:
     def _connect(self) -> None:
         assert self._loop is not None
         handle = CpgHandle(self.group, self.on_deliver, self.on_confchg)
+        handle.on_ring = self.on_ring
         handle.open()
         try:
             handle.join()

@@ -13,6 +13,11 @@ name comes from its own announcements. When it leaves (``LEAVE``,
 responder answers success only after :meth:`CpgTracker.confirm_fenced` has
 seen the host cluster fence that host *after* it left (unlike the C backend,
 which takes "left the group" for "dead").
+
+Only a host in a quorate partition (corosync's quorum, :mod:`.quorum`) acts
+as that responder: a host cut off from the ring stays silent for guests it
+does not own, so its "fail" cannot beat the real owner's answer; it still
+executes for its own guests.
 """
 
 from __future__ import annotations
@@ -42,11 +47,14 @@ from guestfence.tracking.locations import (
     OwnerGone,
     Unknown,
     acting_host,
+    role_of,
 )
+from guestfence.tracking.quorum import QuorumGate, QuorumWatch
 from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend
+    from guestfence.host.backends.tracked import Role
 
 log = logging.getLogger("guestfenced")
 
@@ -87,10 +95,22 @@ class DomainSource(Protocol):
     def close(self) -> None: ...
 
 
-def cpg_transport(group: str) -> TransportFactory:
+class QuorumSource(Protocol):
+    """corosync's quorum for this host (QuorumWatch, or a fake in the unit tests)."""
+
+    gate: QuorumGate
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def cpg_transport(group: str, on_ring: Callable[[int], None] = lambda _seq: None
+                  ) -> TransportFactory:
     def make(on_deliver: OnDeliver, on_confchg: OnConfchg, on_connected: Callable[[], None],
              on_disconnected: Callable[[], None]) -> GroupTransport:
-        return CpgMember(group, on_deliver, on_confchg, on_connected, on_disconnected)
+        return CpgMember(group, on_deliver, on_confchg, on_connected, on_disconnected,
+                         on_ring)
     return make
 
 
@@ -99,6 +119,7 @@ class CpgTracker:
 
     def __init__(self, me: str, transport: TransportFactory, source: DomainSource,
                  confirm: Confirmer, executor: LibvirtBackend | None = None, *,
+                 quorum: QuorumSource | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.me = me
@@ -106,6 +127,8 @@ class CpgTracker:
         self._source = source
         self._confirm = confirm
         self._executor = executor
+        self._quorum = quorum
+        """None only in tests that do not look at quorum: then every member may respond."""
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()  # the table is read from worker threads
@@ -132,12 +155,16 @@ class CpgTracker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._source.start(self._local_event, self.announce_soon)
-        self._transport = self._make_transport(self._deliver, self._confchg,
-                                               self.announce_soon, self._disconnected)
         try:
+            if self._quorum is not None:  # before the group: confchgs find the gate fed
+                await self._quorum.start()
+            self._transport = self._make_transport(self._deliver, self._confchg,
+                                                   self.announce_soon, self._disconnected)
             await self._transport.start()
         except BaseException:
             self._transport = None
+            if self._quorum is not None:
+                await self._quorum.stop()
             self._source.close()
             raise
         try:
@@ -157,6 +184,8 @@ class CpgTracker:
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.stop()
+        if self._quorum is not None:
+            await self._quorum.stop()
         self._source.close()
 
     # ------------------------------------------------------------------ sending
@@ -260,6 +289,10 @@ class CpgTracker:
     def _confchg(self, members: list[Address], left: list[Address],
                  joined: list[Address]) -> None:
         now = self._clock()
+        if self._quorum is not None and any(a.reason == "NODEDOWN" for a in left):
+            # a new ring: hold the responder role until its quorum is known (set before
+            # the table changes, so a worker thread never sees the departure ungated)
+            self._quorum.gate.cpg_nodes_down()
         with self._lock:
             self._live = {(m.nodeid, m.pid) for m in members}
             for a in left:
@@ -276,6 +309,8 @@ class CpgTracker:
     def _disconnected(self) -> None:
         """corosync went away: nobody else can be trusted to be alive; we keep our guests."""
         now = self._clock()
+        if self._quorum is not None:
+            self._quorum.gate.cpg_lost()
         with self._lock:
             for addr in list(self._addr_host):
                 self._forget_addr(addr, now)
@@ -299,6 +334,19 @@ class CpgTracker:
     def members(self) -> list[str]:
         with self._lock:
             return self.table.members()
+
+    def role_for(self, target: str, decision: Decision, members: list[str]) -> Role:
+        """:func:`role_of`, except that the responder for guests nobody live owns must
+        be in a quorate partition: a host cut off from the ring stays silent for them
+        (it still executes for its own guests)."""
+        role: Role = role_of(self.me, decision, members)  # type: ignore[assignment]
+        if role != "answer" or self._quorum is None:
+            return role
+        why = self._quorum.gate.why_closed()
+        if why is None:
+            return role
+        log.debug("%s: responder, but %s: silent", target, why)
+        return "silent"
 
     def confirm_fenced(self, host: str) -> bool:
         """Ask the host cluster (blocking); a yes is remembered until the host rejoins.
@@ -400,6 +448,8 @@ def make_tracker(config: Any) -> CpgTracker:
     executor = GuardedLibvirtBackend(uris, name_mode=_setting(config, "name_mode", "name"),
                                      claim_shut_off=_setting(config, "claim_shut_off", True))
     local = LocalDomains(uris)
-    tracker = CpgTracker(me, cpg_transport(group), local, make_confirmer(config), executor)
+    quorum = QuorumWatch()
+    tracker = CpgTracker(me, cpg_transport(group, quorum.gate.cpg_ring), local,
+                         make_confirmer(config), executor, quorum=quorum)
     executor.guard(local.migrating_out, tracker.copies_elsewhere)
     return tracker
