@@ -29,7 +29,7 @@ def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_state_dir_under_run_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guestlab, "check_can_run", lambda: None)
+    monkeypatch.setattr(guestlab, "check_can_run", lambda qemu=False: None)
     with pytest.raises(LabError, match="must not be under /run"):
         GuestLab(Path("/run/guestfence-lab-unit")).up()
     assert not Path("/run/guestfence-lab-unit").exists()

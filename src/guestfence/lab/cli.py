@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=("up", "status", "down"))
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the running lab keeps its state (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--qemu", action="store_true",
+                   help="up: the hosts run a private libvirtd with real QEMU (TCG) guests "
+                   "instead of libvirt's test driver (slower to start)")
     p.add_argument("--prefix", default=NAMESPACE_PREFIX, metavar="NAME",
                    help=f"network namespace name prefix for up (default {NAMESPACE_PREFIX})")
 
@@ -44,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     if args.action == "up":
-        lab = GuestLab(args.state_dir, prefix=args.prefix, progress=console.print).up()
+        lab = GuestLab(args.state_dir, prefix=args.prefix, progress=console.print,
+                       qemu=args.qemu).up()
         console.print()
         show_status(lab, console)
         return 0
@@ -114,7 +118,8 @@ def show_status(lab: GuestLab, console: Console) -> None:
                     where.get(guestcib.RESOURCE, "-"))
     console.print(devices)
 
-    hosts = Table(title="hypervisor hosts (guestfenced on libvirt's test driver)")
+    backend = "a private libvirtd with QEMU guests" if lab.qemu else "libvirt's test driver"
+    hosts = Table(title=f"hypervisor hosts (guestfenced on {backend})")
     for col in ("host", "address", "guestfenced", "guests"):
         hosts.add_column(col)
     for host in HOSTS:

@@ -72,9 +72,12 @@ class GuestLab(LabView):
     """Build with :meth:`up`, find again with :meth:`load`, tear down with :meth:`down`."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *,
-                 prefix: str = NAMESPACE_PREFIX, progress: Progress = _quiet) -> None:
+                 prefix: str = NAMESPACE_PREFIX, progress: Progress = _quiet,
+                 qemu: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.prefix = prefix
+        self.qemu = qemu
+        """Real libvirtd + QEMU guests on the hosts instead of libvirt's test driver."""
         self.progress = progress
         self.state: dict[str, Any] = {}
         self.cluster: Cluster | None = None
@@ -96,7 +99,7 @@ class GuestLab(LabView):
     # -- building --------------------------------------------------------------------
 
     def up(self, *, start_timeout: float = 90.0) -> GuestLab:
-        check_can_run()
+        check_can_run(self.qemu)
         if (self.state_dir / STATE_FILE).exists():
             old = GuestLab.load(self.state_dir)
             if old.is_up():
@@ -109,7 +112,7 @@ class GuestLab(LabView):
                            "/dev/shm (the nodes get private copies of those)")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state = {"prefix": self.prefix, "namespaces": {}, "addresses": {}, "hosts": {},
-                      "started": time.time()}
+                      "qemu": self.qemu, "qemu_hosts": {}, "started": time.time()}
         try:
             self._build()
             self._save()
@@ -160,7 +163,8 @@ class GuestLab(LabView):
                   for i, n in enumerate(HOSTS[host], start=NODES.index(HOSTS[host][0]) + 1)]
         conf = work / "fence_virt.conf"
         if not conf.exists():  # a restarted daemon keeps its guests' definitions
-            uri = write_node_xml(work / "node.xml", guests)
+            uri = (self._start_qemu_host(host, guests) if self.qemu
+                   else write_node_xml(work / "node.xml", guests))
             conf.write_text(daemon_config_text(str(self.key_file), [uri], interface="eth0"))
         log = work / "guestfenced.log"
         mark = log.stat().st_size if log.exists() else 0
@@ -177,10 +181,37 @@ class GuestLab(LabView):
                                      "log": str(log)}
         self._save()
 
+    def _start_qemu_host(self, host: str, guests: list[Guest], timeout: float = 120.0) -> str:
+        """A private libvirtd with running QEMU guests for ``host`` (its own long-lived
+        process, see :mod:`guestfence.lab.qemuhost`); the URI guestfenced connects to."""
+        work = self.state_dir / host
+        ready = work / "qemuhost.json"
+        ready.unlink(missing_ok=True)
+        with open(work / "qemuhost.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "guestfence.lab.qemuhost", str(work / "libvirt"),
+                 self.state["namespaces"][host], str(ready),
+                 *(f"{g.name}={g.uuid}" for g in guests)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self._children.append(proc)
+        self.state["qemu_hosts"][host] = {"pid": proc.pid}
+        self._save()
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{host}: libvirtd with QEMU guests did not start; log "
+                               f"{work / 'qemuhost.log'}:\n"
+                               f"{(work / 'qemuhost.log').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        uri = str(json.loads(ready.read_text())["uri"])
+        self.state["qemu_hosts"][host]["uri"] = uri
+        return uri
+
     def _start_hosts(self) -> None:
+        backend = "libvirtd + QEMU (TCG)" if self.qemu else "test driver"
         for host in HOSTS:
             self.start_host_daemon(host)
-            self._say(f"{host}: guestfenced ready (test driver, guests "
+            self._say(f"{host}: guestfenced ready ({backend}, guests "
                       f"{', '.join(HOSTS[host])})")
 
     def _start_storage(self, timeout: float = 30.0) -> None:
@@ -265,6 +296,7 @@ class GuestLab(LabView):
         lab = cls(Path(state_dir), prefix=state.get("prefix", NAMESPACE_PREFIX),
                   progress=progress)
         lab.state = state
+        lab.qemu = bool(state.get("qemu"))
         if "cluster" in state:
             lab.cluster = Cluster.attach(state["cluster"])
         return lab
@@ -275,6 +307,9 @@ class GuestLab(LabView):
     def down(self) -> None:
         """Stop everything the lab started and remove its namespaces and files; idempotent."""
         errors = []
+        for host, info in self.state.get("qemu_hosts", {}).items():
+            if not _terminate(info.get("pid")):
+                errors.append(f"{host}: the libvirtd/QEMU process {info['pid']} survived")
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -336,8 +371,34 @@ class GuestLab(LabView):
         self.state["hosts"][host]["pid"] = None
         self._save()
 
-def check_can_run() -> None:
-    """Refuse early, naming what is missing: root, tools, libiscsi."""
+def _terminate(pid: object, timeout: float = 30.0) -> bool:
+    """SIGTERM ``pid`` (a process the lab started, perhaps from another invocation), then
+    SIGKILL after ``timeout``; True once it is gone (a zombie counts as gone)."""
+    if not isinstance(pid, int):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            return not _alive(pid)
+        time.sleep(0.1)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def check_can_run(qemu: bool = False) -> None:
+    """Refuse early, naming what is missing: root, tools, libiscsi (and QEMU if asked)."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root: it builds network and mount namespaces "
                        "(run: sudo guestfence lab up)")
@@ -350,5 +411,9 @@ def check_can_run() -> None:
         problems.append("libiscsi (apt-get install libiscsi7)")
     if not Path("/usr/lib/ocf/resource.d/pacemaker/Dummy").exists():
         problems.append("the Dummy resource agent (apt-get install pacemaker)")
+    if qemu:
+        from guestfence.lab.libvirtd import missing_tools as missing_qemu
+
+        problems += missing_qemu()
     if problems:
         raise LabError("the lab needs: " + "; ".join(problems))
