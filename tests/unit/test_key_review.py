@@ -244,3 +244,15 @@ def test_a_key_file_another_user_owns_fails_closed(tmp_path: Path) -> None:
     os.mkfifo(fifo, 0o600)
     with pytest.raises(KeyFileError, match="not a regular file"):  # and no hang
         load_daemon_key(str(fifo))
+
+
+def test_configure_warns_about_an_existing_key_another_user_owns(tmp_path: Path) -> None:
+    import io
+
+    from guestfence.host.configure_prompt import offer_key
+
+    key_file = _write_key(tmp_path / "fence_xvm.key", os.urandom(4096))
+    os.chown(key_file, 65534, 65534)
+    out = io.StringIO()
+    offer_key(key_file, lambda prompt: None, out, use_defaults=True)
+    assert "belongs to uid 65534; guestfenced needs it to belong to root" in out.getvalue()

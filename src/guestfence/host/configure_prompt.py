@@ -122,10 +122,15 @@ def write_config(path: str, text: str) -> None:
 
 def offer_key(key_file: str, ask: Ask, out: TextIO, use_defaults: bool) -> None:
     if os.path.exists(key_file):
-        mode = stat.S_IMODE(os.stat(key_file).st_mode)
+        st = os.stat(key_file)
+        mode = stat.S_IMODE(st.st_mode)
         if mode != 0o600:
             out.write(f"Warning: {key_file} has mode {mode:04o}; guestfenced needs 0600 "
                       f"(chmod 600 {key_file}).\n")
+        if st.st_uid not in (0, os.geteuid()):
+            out.write(f"Warning: {key_file} belongs to uid {st.st_uid}; guestfenced needs it "
+                      f"to belong to root (chown 0 {key_file}), and if that user may have "
+                      f"read it, a new key (guestfence keygen --force {key_file}).\n")
         return
     if not (use_defaults or confirm(ask, f"The key file {key_file} does not exist. "
                                          "Create it now", True)):
