@@ -59,6 +59,35 @@ def test_fenced_since(xml: str, fenced: bool) -> None:
     assert fenced_since(xml, "host1", LEFT + 0.4) is fenced
 
 
+def test_a_host_powered_on_after_its_fence_is_not_fenced() -> None:
+    off = event("2026-11-26 18:30:05 +00:00", action="off")
+    on = event("2026-11-26 18:31:00 +00:00", action="on")
+    assert fenced_since(history(off, on), "host1", LEFT) is False
+    again = event("2026-11-26 18:32:00 +00:00", action="reboot")
+    assert fenced_since(history(off, on, again), "host1", LEFT) is True
+    failed_on = event("2026-11-26 18:33:00 +00:00", action="on", status="failed")
+    assert fenced_since(history(off, failed_on), "host1", LEFT) is True
+    # an unfencing of another node, or an "on" before the fence, changes nothing
+    assert fenced_since(history(off, event("2026-11-26 18:31:00 +00:00", action="on",
+                                           target="host10")), "host1", LEFT) is True
+    assert fenced_since(history(event("2026-11-26 18:29:00 +00:00", action="on"), off),
+                        "host1", LEFT) is True
+
+
+def test_a_stamp_without_zone_is_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # UTC+1 in November
+    time.tzset()
+    try:
+        assert parse_pacemaker_time("2026-11-26 19:30:00") == LEFT
+        # read as UTC it would be an hour later: an old fence would count as recent
+        assert fenced_since(history(event("2026-11-26 19:25:00")), "host1", LEFT) is False
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_stonith_history_runs_stonith_admin(tmp_path: object) -> None:
     fake = f"{tmp_path}/stonith_admin"
     with open(fake, "w") as f:

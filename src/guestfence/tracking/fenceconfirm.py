@@ -8,7 +8,8 @@ left (an old fence, from before the host came back, must not count):
 ``stonith-history``
     Pacemaker's fencing history: ``stonith_admin --history HOST --verbose --output-as xml``;
     a ``fence_event`` of that target with action off or reboot, status success,
-    completed no earlier than the departure.
+    completed no earlier than the departure, and no successful "on" (power on,
+    unfencing) of that target after it.
 ``confirm_command``
     an operator command (``{host}`` is replaced; the departure time is in the
     environment as ``GUESTFENCE_LEFT_AT``, Unix seconds); exit status 0 means fenced.
@@ -55,8 +56,12 @@ def parse_pacemaker_time(text: str) -> float | None:
 
 
 def _zone(zone: str | None) -> str:
-    if zone is None or zone == "Z":
-        return "+00:00"  # pacemaker always prints the zone; a bare stamp is read as UTC
+    # Pacemaker always prints the zone. A bare stamp is its local time (crm_time without
+    # the zone flag): read as UTC, an old fence east of Greenwich would look recent.
+    if zone is None:
+        return ""
+    if zone == "Z":
+        return "+00:00"
     return zone if ":" in zone else f"{zone[:3]}:{zone[3:]}"
 
 
@@ -67,14 +72,20 @@ def fenced_since(history_xml: str, host: str, left_at: float) -> bool:
     except ET.ParseError as e:
         log.warning("fencing history of %s is not XML: %s", host, e)
         return False
+    fenced_at: float | None = None
+    powered_on_at: float | None = None
     for event in root.iter("fence_event"):
-        if (event.get("target") != host or event.get("status") != "success"
-                or event.get("action") not in FENCING_ACTIONS):
+        if event.get("target") != host or event.get("status") != "success":
             continue
         completed = parse_pacemaker_time(event.get("completed", ""))
-        if completed is not None and completed >= left_at - CLOCK_GRACE:
-            return True
-    return False
+        if completed is None:
+            continue
+        if event.get("action") in FENCING_ACTIONS and completed >= left_at - CLOCK_GRACE:
+            fenced_at = max(fenced_at or completed, completed)
+        elif event.get("action") == "on":
+            powered_on_at = max(powered_on_at or completed, completed)
+    # an "on" (power on, unfencing) after the last fence: the host may run guests again
+    return fenced_at is not None and (powered_on_at is None or powered_on_at < fenced_at)
 
 
 class StonithHistory:
