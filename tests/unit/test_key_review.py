@@ -256,3 +256,52 @@ def test_configure_warns_about_an_existing_key_another_user_owns(tmp_path: Path)
     out = io.StringIO()
     offer_key(key_file, lambda prompt: None, out, use_defaults=True)
     assert "belongs to uid 65534; guestfenced needs it to belong to root" in out.getvalue()
+
+
+def test_one_cluster_cannot_take_every_request_slot(tmp_path: Path) -> None:
+    """A guest of cluster A holds a valid key: it can start many requests and stall each
+    challenge/response (10 s a step). Cluster B's request must still be served at once,
+    not wait behind them for one of the daemon's request slots."""
+    from guestfence.host.cluster_access import ClusterAccess
+    from guestfence.host.clusters import ClusterConfig, GuestBinding
+    from guestfence.host.keyring import RingKey
+    from guestfence.host.keys import fingerprint
+
+    a, b = os.urandom(4096), os.urandom(4096)
+    clusters = [ClusterConfig(name, f"/{name}.key", f"/{name}.key.next",
+                              GuestBinding(names=frozenset({"vm1"})))
+                for name in ("A", "B")]
+    backend = Backend()
+
+    async def scenario() -> bool:
+        svc = FenceService(backend, AccessMap([]), b"", HashType.SHA256, HashType.SHA256)
+        pairs = zip(clusters, (a, b), strict=True)
+        svc.keyring = KeyRing([RingKey(c.name, "current", c.key_file, k, fingerprint(k),
+                                       c.binding) for c, k in pairs], clustered=True)
+        svc.cluster_access = ClusterAccess(clusters)
+        release = asyncio.Event()
+
+        class Stalling(ClientEnd):
+            async def read_exactly(self, n: int, timeout: float) -> bytes:
+                await release.wait()  # the requester never answers
+                raise asyncio.IncompleteReadError(b"", n)
+
+        for seqno in range(200):
+            svc.spawn(svc.serve(Request("tcp", "10.0.0.66", Op.OFF, "vm1", seqno,
+                                        cluster="A", auth_key=a),
+                                Stalling(a, HashType.SHA256), None))
+        await asyncio.sleep(0.05)
+        end = ClientEnd(b, HashType.SHA256)
+        try:
+            await asyncio.wait_for(svc.serve(Request("tcp", "10.0.0.7", Op.STATUS, "vm1",
+                                                     1000, cluster="B", auth_key=b),
+                                             end, None), 2.0)
+            served = True
+        except TimeoutError:
+            served = False
+        release.set()
+        await svc.drain()
+        return served
+
+    assert asyncio.run(scenario()), "cluster B waited behind cluster A's stalled requests"
+    assert backend.executed == [(Op.STATUS, UUID)]

@@ -35,6 +35,9 @@ log = logging.getLogger("guestfenced")
 AUTH_STEP_TIMEOUT = 10.0  # the C daemon's per-read limit during challenge/response
 WRITE_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 64
+# a guest cluster may hold at most this many of those slots: one cluster's guests (they
+# hold a valid key) stalling their challenge/responses must not queue another's requests
+MAX_IN_FLIGHT_PER_CLUSTER = 16
 DROP_LOG_WINDOW = 10.0  # seconds
 DROP_LOG_BURST = 20  # drop warnings per window before they are only counted
 OWNED_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
@@ -157,6 +160,7 @@ class FenceService:
         self.telemetry = ServiceMetrics(self)
         self._locks = KeyedLocks()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._cluster_slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._drop_window_start = 0.0
         self._drops_logged = 0
@@ -236,7 +240,7 @@ class FenceService:
         served = False
         outcome = "error"
         detail = ""
-        async with self._slots, self.active.serving(req.listener):
+        async with self._cluster_slot(req), self._slots, self.active.serving(req.listener):
             try:
                 if authenticate:
                     await self._authenticate(stream, req)
@@ -262,6 +266,17 @@ class FenceService:
                 if history_key is not None:
                     self.history.finish(history_key, time.monotonic(), served=served)
         self._log(req, outcome, detail)
+
+    def _cluster_slot(self, req: Request) -> contextlib.AbstractAsyncContextManager[object]:
+        """The share of the request slots of the cluster whose key verified ``req`` (none
+        without a clusters block: one key, one trust domain)."""
+        if req.cluster is None:
+            return contextlib.nullcontext()
+        slot = self._cluster_slots.get(req.cluster)
+        if slot is None:
+            slot = self._cluster_slots[req.cluster] = asyncio.Semaphore(
+                MAX_IN_FLIGHT_PER_CLUSTER)
+        return slot
 
     async def _authenticate(self, stream: StreamIO, req: Request) -> None:
         if self.auth is HashType.NONE:
