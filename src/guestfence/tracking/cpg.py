@@ -196,6 +196,8 @@ def _addresses(array: ctypes._Pointer[CpgAddress], count: int) -> list[Address]:
 
 OnDeliver = Callable[[int, int, bytes], None]
 OnConfchg = Callable[[list[Address], list[Address], list[Address]], None]
+OnRing = Callable[[int, tuple[int, ...]], None]
+"""``on_ring(seq, nodeids)``: a new totem ring (every corosync node, group member or not)."""
 
 
 class CpgHandle:
@@ -210,7 +212,7 @@ class CpgHandle:
         self.group = group_name(group)
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
-        self.on_ring: Callable[[int], None] = lambda _seq: None
+        self.on_ring: OnRing = lambda _seq, _nodes: None
         # The C side keeps these function pointers: they live as long as the handle.
         self._model = CpgModelV1Data(
             CPG_MODEL_V1, DeliverFn(self._deliver), ConfchgFn(self._confchg),
@@ -301,10 +303,12 @@ class CpgHandle:
         except Exception:
             log.exception("cpg: configuration change callback failed")
 
-    def _totem(self, _handle: int, ring: CpgRingId, count: int, _nodes: object) -> None:
+    def _totem(self, _handle: int, ring: CpgRingId, count: int,
+               nodes: ctypes._Pointer[ctypes.c_uint32]) -> None:
         try:
             log.debug("cpg: totem ring %x.%x with %d nodes", ring.nodeid, ring.seq, count)
-            self.on_ring(int(ring.seq))
+            self.on_ring(int(ring.seq),
+                         tuple(int(nodes[i]) for i in range(count)) if nodes else ())
         except Exception:
             log.exception("cpg: totem callback failed")
 
@@ -324,9 +328,9 @@ class CpgMember:
     def __init__(self, group: str, on_deliver: OnDeliver, on_confchg: OnConfchg,
                  on_connected: Callable[[], None] = lambda: None,
                  on_disconnected: Callable[[], None] = lambda: None,
-                 on_ring: Callable[[int], None] = lambda _seq: None) -> None:
+                 on_ring: OnRing = lambda _seq, _nodes: None) -> None:
         self.group = group
-        self.on_ring = on_ring  # the totem ring sequence of each new membership
+        self.on_ring = on_ring  # each new totem ring: its sequence and every node in it
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
         self.on_connected = on_connected

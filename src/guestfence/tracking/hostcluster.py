@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from guestfence.errors import BackendError, ConfigError, ProtocolError
 from guestfence.tracking import cpgwire
-from guestfence.tracking.cpg import Address, CpgMember, OnConfchg, OnDeliver
+from guestfence.tracking.cpg import Address, CpgMember, OnConfchg, OnDeliver, OnRing
 from guestfence.tracking.fenceconfirm import ConfirmCommand, Confirmer, StonithHistory
 from guestfence.tracking.localdomains import LocalDomains
 from guestfence.tracking.locations import (
@@ -105,7 +105,7 @@ class QuorumSource(Protocol):
     async def stop(self) -> None: ...
 
 
-def cpg_transport(group: str, on_ring: Callable[[int], None] = lambda _seq: None
+def cpg_transport(group: str, on_ring: OnRing = lambda _seq, _nodes: None
                   ) -> TransportFactory:
     def make(on_deliver: OnDeliver, on_confchg: OnConfchg, on_connected: Callable[[], None],
              on_disconnected: Callable[[], None]) -> GroupTransport:
@@ -135,6 +135,8 @@ class CpgTracker:
         self.table = LocationTable()
         self._hosts: set[str] = set()
         self._addr_host: dict[tuple[int, int], str] = {}
+        self._host_node: dict[str, int] = {}  # host -> corosync nodeid, from its messages
+        self._ring: frozenset[int] | None = None  # nodes of the current totem ring
         self._live: set[tuple[int, int]] = set()
         self._left_at: dict[str, float] = {}  # wall clock, for the fencing history
         self._fenced: set[str] = set()
@@ -265,6 +267,7 @@ class CpgTracker:
             log.error("host cluster: %s and %s both claim the host name %s; set distinct "
                       "host_name values", others[0], addr, host)
         self._addr_host[addr] = host
+        self._host_node[host] = addr[0]
         self._live.add(addr)
         self._hosts.add(host)
         if not self.table.is_member(host):
@@ -306,12 +309,40 @@ class CpgTracker:
                 f"node {a.nodeid} pid {a.pid} ({a.reason})" for a in joined))
         self.announce_soon()
 
+    def ring_changed(self, seq: int, nodes: tuple[int, ...]) -> None:
+        """CPG's totem callback: a new ring with these corosync nodes (loop thread).
+
+        A departed host whose node is in the ring is alive (its guestfenced is not
+        in the group, or not yet): only a fence after now counts for it, and one
+        confirmed fenced before (it rebooted, its guestfenced is not back) may run
+        guests again (libvirt autostart, an operator): it no longer counts as fenced.
+        """
+        if self._quorum is not None:
+            self._quorum.gate.cpg_ring(seq)
+        ring = frozenset(nodes)
+        revived: list[str] = []
+        with self._lock:
+            self._ring = ring
+            for host, node in sorted(self._host_node.items()):
+                if node not in ring or host not in self._left_at or self.table.is_member(host):
+                    continue
+                self._left_at[host] = self._wall()
+                if host in self._fenced:
+                    self.table.host_unfenced(host, self._clock())
+                    self._fenced.discard(host)
+                    revived.append(host)
+        for host in revived:
+            log.warning("host cluster: %s is back in the corosync ring without its "
+                        "guestfenced: no longer counted as fenced; its guests fail until it "
+                        "joins the group or is fenced again", host)
+
     def _disconnected(self) -> None:
         """corosync went away: nobody else can be trusted to be alive; we keep our guests."""
         now = self._clock()
         if self._quorum is not None:
             self._quorum.gate.cpg_lost()
         with self._lock:
+            self._ring = None
             for addr in list(self._addr_host):
                 self._forget_addr(addr, now)
 
@@ -362,6 +393,10 @@ class CpgTracker:
                 if host in self._fenced:
                     return True
                 if self.table.is_member(host):
+                    return False
+                if self._ring is not None and self._host_node.get(host) in self._ring:
+                    log.info("host cluster: %s is still in the corosync ring (its node is "
+                             "alive): not fenced", host)
                     return False
                 left_at = self._left_at.get(host)
             if left_at is None:
@@ -449,7 +484,11 @@ def make_tracker(config: Any) -> CpgTracker:
                                      claim_shut_off=_setting(config, "claim_shut_off", True))
     local = LocalDomains(uris)
     quorum = QuorumWatch()
-    tracker = CpgTracker(me, cpg_transport(group, quorum.gate.cpg_ring), local,
-                         make_confirmer(config), executor, quorum=quorum)
+
+    def on_ring(seq: int, nodes: tuple[int, ...]) -> None:
+        tracker.ring_changed(seq, nodes)
+
+    tracker = CpgTracker(me, cpg_transport(group, on_ring), local, make_confirmer(config),
+                         executor, quorum=quorum)
     executor.guard(local.migrating_out, tracker.copies_elsewhere)
     return tracker

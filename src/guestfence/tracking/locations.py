@@ -288,6 +288,13 @@ class LocationTable:
             h.member, h.left_at = False, now
         h.fenced, h.fenced_at = True, now
 
+    def host_unfenced(self, host: str, now: float) -> None:
+        """A host counted as fenced is alive again (seen in the host cluster's ring) but
+        not a member: its guests are no longer "off"; only a new fence counts."""
+        h = self._hosts.get(host)
+        if h is not None and not h.member and h.fenced:
+            h.fenced, h.fenced_at, h.left_at = False, None, now
+
     def members(self) -> list[str]:
         return sorted(name for name, h in self._hosts.items() if h.member)
 
