@@ -19,7 +19,10 @@ to the C pair is printed, not judged: both finish in well under a tenth of a
 second, and the difference is mostly the Python agent's process start (about
 40 ms, see bench/latency.py's controls) against a C binary's.
 
-    .venv/bin/python bench/lab_fence.py [ROUNDS]   (default 3 per setup)
+With ``--qemu`` the hosts run a private libvirtd with real QEMU guests (both
+daemons then talk to the same libvirtd, and "off" waits for qemu to exit).
+
+    .venv/bin/python bench/lab_fence.py [--qemu] [ROUNDS]   (default 3 per setup)
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ def fence_once(lab: GuestLab) -> float:
 
 def use_c(lab: GuestLab, scratch: Path) -> CDaemon:
     lab.stop_host_daemon(HOST)
-    conf = write_c_config(scratch / "fence_virtd.conf", "multicast", lab.key_file,
-                          node_uri(lab.state_dir / HOST / "node.xml"), interface="eth0")
+    uri = (lab.state["qemu_hosts"][HOST]["uri"] if lab.qemu
+           else node_uri(lab.state_dir / HOST / "node.xml"))
+    conf = write_c_config(scratch / "fence_virtd.conf", "multicast", lab.key_file, uri,
+                          interface="eth0")
     daemon = CDaemon(conf, Namespace(lab.state["namespaces"][HOST])).start()
     lab.state["hosts"][HOST]["pid"] = daemon.pid  # restart_guest must not start ours
     assert lab.cluster is not None
@@ -89,14 +94,18 @@ def use_ours(lab: GuestLab, c_daemon: CDaemon) -> None:
 
 
 def main() -> int:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    args = sys.argv[1:]
+    qemu = "--qemu" in args
+    numbers = [a for a in args if a != "--qemu"]
+    rounds = int(numbers[0]) if numbers else 3
     if not os.path.exists(FENCE_VIRTD) or not os.path.exists(C_AGENT):
         raise SystemExit(f"the C pair is needed: {FENCE_VIRTD} and {C_AGENT} "
                          "(apt-get install fence-virtd fence-virt)")
-    summary = Summary(NAME)
+    summary = Summary(NAME + ("_qemu" if qemu else ""))
     times: dict[str, list[float]] = {"ours": [], "C": []}
     with tempfile.TemporaryDirectory(prefix="gfbench-lab-") as tmp:
-        lab = GuestLab(Path(tmp) / "lab", prefix=f"gfb-{os.getpid()}-lab-", progress=print)
+        lab = GuestLab(Path(tmp) / "lab", prefix=f"gfb-{os.getpid()}-lab-", progress=print,
+                       qemu=qemu)
         c_daemon: CDaemon | None = None
         try:
             lab.up()
@@ -107,8 +116,8 @@ def main() -> int:
                 times["C"].append(fence_once(lab))
                 if VICTIM not in c_daemon.log_text():  # the C pair really did the work
                     raise SystemExit(f"the C fence_virtd never saw {VICTIM}")
-                # the C fence_virtd does not power a test-driver guest on again; our daemon's
-                # fresh connection to the node file has it running, so switch back first
+                # the C fence_virtd does not power a test-driver guest on again (our daemon's
+                # fresh connection to the node file has it running): switch back first
                 use_ours(lab, c_daemon)
                 c_daemon = None
                 lab.restart_guest(VICTIM)
@@ -122,7 +131,8 @@ def main() -> int:
     print(table(["setup", "n", "median ms", "min", "max"],
                 [[k, s.n, s.median, s.min, s.max] for k, s in stats.items()]))
     r = ratio(stats["ours"].median, stats["C"].median)
-    summary.add(f"stonith_admin --fence {VICTIM} (fence-xvm device, off): ours median "
+    summary.add(f"{'QEMU guests' if qemu else 'test driver'}: "
+                f"stonith_admin --fence {VICTIM} (fence-xvm device, off): ours median "
                 f"{stats['ours'].median:.0f} ms, C pair {stats['C'].median:.0f} ms, x{r:.2f}")
     summary.checks.append(Check("ours: stonith_admin --fence median", stats["ours"].median,
                                 LIMIT_MS, " ms"))
