@@ -66,6 +66,33 @@ def test_a_reachable_host_running_it_wins_over_an_unreachable_listing() -> None:
     assert t.decide("vm1") == Owner("h2", U1, "vm1", RUNNING)
 
 
+class FakeExecutor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+
+    def execute(self, op: int, uuid: str) -> int:
+        self.calls.append((op, uuid))
+        return Result.SUCCESS
+
+    def lookup(self, uuid: str) -> None:
+        return None  # no copy on the other reachable hosts
+
+
+def test_off_where_it_runs_is_no_success_while_an_unreachable_host_listed_a_copy(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # vm1 ran on h3 (now unreachable: a partition) and on h2; h3's copy may still run
+    t = offline(None, {"h3": {U1: "vm1"}, "h2": {U1: "vm1"}})
+    ex = FakeExecutor()
+    t.executor = lambda host: ex if host in ("h1", "h2") else None  # type: ignore[method-assign,assignment,return-value]
+    assert TrackedBackend(t).execute(Op.OFF, "vm1") == Result.FAIL
+    assert ex.calls == [(Op.OFF, U1)]  # the copy within reach is powered off all the same
+    assert "vm1: off on h2, but unreachable h3 last listed a copy: fail" in caplog.text
+    # h3's last listing without vm1 (or vm1 shut off there): success
+    t2 = offline(None, {"h2": {U1: "vm1"}, "h3": {}})
+    t2.executor = lambda host: ex if host in ("h1", "h2") else None  # type: ignore[method-assign,assignment,return-value]
+    assert TrackedBackend(t2).execute(Op.OFF, "vm1") == Result.SUCCESS
+
+
 def test_ownership_follows_the_lab_event_order() -> None:
     t = offline("h1", {"h1": {U1: "vm1"}})
     t._table.event("h2", U1, "vm1", Kind.STARTED, "MIGRATED", 2.0)

@@ -118,6 +118,13 @@ class MultiLibvirtTracker:
     def confirm_fenced(self, host: str) -> bool:
         return False  # no host cluster: nothing here can confirm that a host was fenced
 
+    def copies_out_of_reach(self, uuid: str) -> list[str]:
+        """Unreachable hosts whose last listing had ``uuid`` not shut off: a copy there
+        may still run, so an off elsewhere is no success (see TrackedBackend)."""
+        with self._lock:
+            return [h for u in self._table.uuids(uuid) for h in self._table.hosts_listing(u)
+                    if not self._table.is_member(h)]
+
     def executor(self, host: str) -> LibvirtBackend | None:
         """The backend acting on ``host`` (opened on first use; None if it cannot be)."""
         uri = self.hosts.get(host)

@@ -337,6 +337,16 @@ class TrackedBackend:
                 if again is not None and again.state != SHUTOFF:
                     log.warning("%s: the copy on %s is still there: fail", name, host)
                     ok = False
+        out_of_reach = getattr(self.tracker, "copies_out_of_reach", None)
+        if out_of_reach is not None:
+            # multi-libvirt acts on a reachable host that runs the guest even when an
+            # unreachable one last listed it too; that copy may still run (a partition,
+            # a migration its source resumed): off here, but no success
+            away = [h for h in out_of_reach(step.uuid) if h != step.host]
+            if away:
+                log.warning("%s: off on %s, but unreachable %s last listed a copy: fail",
+                            name, step.host, ", ".join(away))
+                ok = False
         after = self.tracker.decide(step.uuid)
         actor = acting_host(after)
         if isinstance(after, Owner) and after.state == SHUTOFF:
