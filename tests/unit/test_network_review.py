@@ -78,3 +78,37 @@ def test_one_cluster_cannot_suppress_anothers_request_by_its_seqno(tmp_path: Pat
     asyncio.run(scenario())
     assert svc.metrics["duplicates"] == 1, "B's request was taken for a copy of A's"
     assert svc.metrics["not_mine"] == 2
+
+
+def test_one_peer_cannot_hold_every_tcp_connection(tmp_path: Path) -> None:
+    """Connections that have not sent their request block yet (3 s allowed each) are
+    capped per peer: one peer opening hundreds of them could otherwise spend the daemon's
+    file descriptors (libvirt connections and every other requester need some too)."""
+    from guestfence.host.config import TcpListenerConfig
+    from guestfence.host.listeners.network import PENDING_PER_PEER, StreamListener
+
+    svc = FenceService(SilentBackend(), AccessMap([]), b"", HashType.SHA256, HashType.SHA256)
+    config = TcpListenerConfig("/unused", "sha256", "sha256", "ipv4", "127.0.0.1", 0)
+    listener = StreamListener("tcp", config, svc)
+
+    async def scenario() -> tuple[int, int]:
+        await listener.start()
+        assert listener._server is not None
+        port = listener._server.sockets[0].getsockname()[1]
+        conns = [await asyncio.open_connection("127.0.0.1", port)
+                 for _ in range(PENDING_PER_PEER + 5)]
+        async def closed_at_once(reader: asyncio.StreamReader) -> bool:
+            try:
+                return await asyncio.wait_for(reader.read(1), 1.0) == b""
+            except TimeoutError:
+                return False  # still waiting for its request block
+
+        results = await asyncio.gather(*(closed_at_once(r) for r, _ in conns))
+        closed = sum(results)
+        for _, writer in conns:
+            writer.close()
+        await listener.stop()
+        return closed, svc.metrics["dropped_busy"]
+
+    closed, dropped = asyncio.run(scenario())
+    assert (closed, dropped) == (5, 5)

@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,11 @@ CONNECT_BACK_TIMEOUT = 5.0
 # that happens to listen on the same ephemeral port now: drop the request instead.
 MAX_CALLBACK_DELAY = 10.0
 REQUEST_READ_TIMEOUT = 3.0
+# TCP/vsock connections still waiting for their request block (REQUEST_READ_TIMEOUT each):
+# bounded per peer and in all, so that silent connections cannot spend the daemon's file
+# descriptors (a fence_virt client has one or two requests open at a time)
+PENDING_PER_PEER = 16
+PENDING_MAX = 256
 
 
 def _verify(service: FenceService, block: bytes, requester: str,
@@ -241,6 +247,7 @@ class StreamListener:
         self.config = config
         self.service = service
         self._server: asyncio.base_events.Server | None = None
+        self._pending: Counter[str] = Counter()  # peer -> connections without a block yet
 
     async def start(self) -> None:
         cfg = self.config
@@ -278,12 +285,22 @@ class StreamListener:
         stream = AsyncioStream(reader, writer)
         requester = self._requester(writer)
         try:
+            if (self._pending[requester] >= PENDING_PER_PEER
+                    or self._pending.total() >= PENDING_MAX):
+                svc.drop("busy", requester, f"{self._pending[requester]} connection(s) of "
+                         f"this peer, {self._pending.total()} in all, wait for their request")
+                return
+            self._pending[requester] += 1
             try:
                 block = await asyncio.wait_for(reader.readexactly(REQUEST_SIZE),
                                                REQUEST_READ_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError, OSError):
                 svc.drop("incomplete", requester, "no complete request block")
                 return
+            finally:
+                self._pending[requester] -= 1
+                if self._pending[requester] <= 0:
+                    del self._pending[requester]
             verified = _verify(svc, block, requester)
             if verified is None:
                 return
