@@ -121,3 +121,13 @@ def test_live_migration_is_reported_and_its_requests_fail(hosts: HostsLab,
     assert violations(lab, "h2") >= 1
     assert lab.fence_xvm(tmp_key, "-o", "off", "-H", "vm1", "-t", "10")[0] == 1, lab.logs()
     assert lab.labs["h2"].qemu_pid("vm1") is not None  # not acted on
+    assert lab.request_counts("vm1", total=1) == {"h1": 1, "h2": 0}
+
+    # h1's guestfenced restarts: the definition the migration left behind on h1 (shut
+    # off, reason "migrated") is still no "off" while vm1 runs on h2
+    h1 = lab.daemons["h1"]
+    h1.stop()
+    h1.start(timeout=30)
+    assert lab.fence_xvm(tmp_key, "-o", "off", "-H", "vm1", "-t", "10")[0] == 1, lab.logs()
+    assert lab.fence_xvm(tmp_key, "-o", "status", "-H", "vm1", "-t", "10")[0] == 1
+    assert lab.labs["h2"].qemu_pid("vm1") is not None

@@ -167,3 +167,29 @@ def test_check_finds_guests_off_their_mapped_host(tmp_path: Path) -> None:
                     'backends { libvirt { uri = "qemu:///system"; } }\n')
     with pytest.raises(ConfigError, match="needs backend = \"static\""):
         load_static_map(topo, str(conf))
+
+
+def test_definitions_left_by_a_migration_are_found_from_libvirts_reason() -> None:
+    import libvirt
+
+    from guestfence.tracking.static import left_by_migration
+
+    class Dom:
+        def __init__(self, uuid: str, state: int, reason: int) -> None:
+            self.uuid, self._state = uuid, (state, reason)
+
+        def state(self) -> tuple[int, int]:
+            return self._state
+
+        def UUIDString(self) -> str:
+            return self.uuid
+
+    class Conn:
+        def listAllDomains(self, flags: int) -> list[Dom]:
+            assert flags == libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE
+            return [Dom(U1.upper(), libvirt.VIR_DOMAIN_SHUTOFF,
+                        libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED),
+                    Dom(U1.replace("1", "2"), libvirt.VIR_DOMAIN_SHUTOFF,
+                        libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED)]
+
+    assert left_by_migration(Conn()) == {U1}

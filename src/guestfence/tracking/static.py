@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guestfence.errors import BackendError
 from guestfence.tracking.libvirt_feed import HostFeed
@@ -42,6 +42,25 @@ if TYPE_CHECKING:
     from guestfence.host.config import BackendConfig
 
 log = logging.getLogger("guestfenced")
+
+
+def left_by_migration(conn: Any) -> set[str]:
+    """UUIDs of shut-off definitions libvirt says were migrated away (state reason
+    ``VIR_DOMAIN_SHUTOFF_MIGRATED``): left behind by a live migration without
+    ``--undefinesource``, the guest runs elsewhere. libvirtd keeps that reason
+    until it restarts, so a restarted guestfenced still knows."""
+    import libvirt
+
+    found: set[str] = set()
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE):
+        try:
+            state, reason = dom.state()
+            if (state == libvirt.VIR_DOMAIN_SHUTOFF
+                    and reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED):
+                found.add(str(dom.UUIDString()).lower())
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+    return found
 
 
 def decision_kind(decision: Decision) -> str:
@@ -86,6 +105,15 @@ class StaticTracker:
         if not self._feed.connected:
             await self.stop()
             raise BackendError(f"static mode: {self._feed.last_error}")
+        # after subscribing: a guest that starts here from now on clears its mark
+        ex = self._executor
+        try:
+            self._migrated_away |= await asyncio.to_thread(
+                ex._with_conn, self.uri, left_by_migration)
+        except Exception as e:  # a failure here must not stop start-up
+            log.warning("static mode: cannot read why shut-off guests stopped (%s); a "
+                        "definition left behind by a migration before this start counts "
+                        "as a stopped guest", e)
         mine = ", ".join(self._mapping.get(self.me, ())) or "none"
         log.info("static mode: this host is %s; its guests by the map: %s", self.me, mine)
 
