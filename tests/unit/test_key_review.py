@@ -305,3 +305,27 @@ def test_one_cluster_cannot_take_every_request_slot(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()), "cluster B waited behind cluster A's stalled requests"
     assert backend.executed == [(Op.STATUS, UUID)]
+
+
+def test_another_cluster_cannot_flush_what_the_ring_learnt(tmp_path: Path) -> None:
+    """The ring remembers a bounded number of requesters. A guest of cluster A, signing
+    valid datagrams from forged source addresses, must only push out A's own entries, not
+    make cluster B's requesters unknown (muted during a flood)."""
+    from guestfence.host.clusters import GuestBinding
+    from guestfence.host.keyring import HINTS_MAX
+    from tests.unit.test_cluster_keys import request
+
+    a, b = os.urandom(4096), os.urandom(4096)
+    sources = [KeySource("A", _write_key(tmp_path / "a.key", a), str(tmp_path / "a.key.next"),
+                         GuestBinding(names=frozenset({"web1"}))),
+               KeySource("B", _write_key(tmp_path / "b.key", b), str(tmp_path / "b.key.next"),
+                         GuestBinding(names=frozenset({"db1"})))]
+    ring = KeyRing.load(sources, strict=True)
+    assert ring.identify(request().sign(b), HashType.SHA256, "10.0.0.7")[1].cluster == "B"
+    signed_by_a = request().sign(a)
+    for n in range(HINTS_MAX + 100):
+        ring.identify(signed_by_a, HashType.SHA256, f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}")
+    flood = lambda: False  # noqa: E731 - the budgets are spent
+    found = ring.identify(request().sign(b), HashType.SHA256, "10.0.0.7", flood)[1]
+    assert found is not None and found.cluster == "B"
+    assert len(ring._hints) <= HINTS_MAX + 1  # still bounded

@@ -53,7 +53,7 @@ _ALGORITHMS: dict[HashType, Callable[[bytes], Any]] = {
     HashType.SHA512: hashlib.sha512,
 }
 _DIGEST_SIZES = {HashType.SHA1: 20, HashType.SHA256: 32, HashType.SHA512: 64}
-HINTS_MAX = 4096  # requesters remembered with the keys that last verified for them
+HINTS_MAX = 4096  # requesters remembered per cluster with the key that verified for them
 # clusters remembered per requester address: multicast source addresses can be forged,
 # so a guest of another cluster holding a valid key must not be able to make the ring
 # forget the real requester's key by signing one datagram "from" its address
@@ -112,8 +112,12 @@ class KeyRing:
     def __init__(self, keys: Sequence[RingKey], clustered: bool) -> None:
         self.keys = tuple(keys)
         self.clustered = clustered  # a clusters block: every request must match a key
-        # requester -> the keys that verified for it, one per cluster, most recent first
-        self._hints: OrderedDict[str, tuple[RingKey, ...]] = OrderedDict()
+        # requester -> the keys that verified for it, one per cluster, most recent first;
+        # and per cluster its requesters, least recently seen first: each cluster forgets
+        # its own oldest, so one cluster's guests (valid key, forged sources) cannot make
+        # the ring forget another cluster's requesters
+        self._hints: dict[str, tuple[RingKey, ...]] = {}
+        self._recent: dict[str | None, OrderedDict[str, None]] = {}
         # each cluster's keys, current first: a known requester's cluster is tried whole
         # (at most two keys) before the budgets are asked, so a rotation never mutes it
         self._by_cluster: dict[str | None, list[RingKey]] = {}
@@ -230,24 +234,35 @@ class KeyRing:
         has it, else (the key was retired) its cluster's current key. A hint only orders
         the trials; the signature decides."""
         by_bytes = {(k.cluster, k.key): k for k in self.keys}
-        for hint, olds in older._hints.items():
-            kept: list[RingKey] = []
-            for old in olds:
+        for cluster, order in older._recent.items():
+            for hint in order:  # least recent first, as they were
+                old = next((k for k in older._hints.get(hint, ()) if k.cluster == cluster),
+                           None)
+                if old is None:
+                    continue
                 new = by_bytes.get((old.cluster, old.key))
                 if new is None and self._by_cluster.get(old.cluster):
                     new = self._by_cluster[old.cluster][0]
-                if new is not None and all(new.cluster != k.cluster for k in kept):
-                    kept.append(new)
-            if kept:
-                self._hints[hint] = tuple(kept)
+                if new is not None:
+                    self._remember(hint, new)
 
     def _remember(self, hint: str, key: RingKey) -> None:
         """``key`` first for ``hint``; the other clusters learnt for it stay behind it."""
         others = tuple(k for k in self._hints.get(hint, ()) if k.cluster != key.cluster)
-        self._hints[hint] = (key, *others)[:HINT_CLUSTERS]
-        self._hints.move_to_end(hint)
-        while len(self._hints) > HINTS_MAX:
-            self._hints.popitem(last=False)
+        learnt = (key, *others)
+        for dropped in learnt[HINT_CLUSTERS:]:
+            self._recent.get(dropped.cluster, OrderedDict()).pop(hint, None)
+        self._hints[hint] = learnt[:HINT_CLUSTERS]
+        order = self._recent.setdefault(key.cluster, OrderedDict())
+        order[hint] = None
+        order.move_to_end(hint)
+        while len(order) > HINTS_MAX:  # this cluster forgets its own least recent requester
+            oldest, _ = order.popitem(last=False)
+            left = tuple(k for k in self._hints.get(oldest, ()) if k.cluster != key.cluster)
+            if left:
+                self._hints[oldest] = left
+            else:
+                self._hints.pop(oldest, None)
 
 
 def _without_shared_keys(keys: list[RingKey], strict: bool) -> list[RingKey]:
