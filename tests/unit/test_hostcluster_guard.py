@@ -39,8 +39,17 @@ def test_off_fails_while_the_destination_keeps_its_copy() -> None:
 def test_plain_off_is_not_delayed() -> None:
     b, polled = backend([[]], migrating=False)
     assert b.execute(Op.OFF, "test") == Result.SUCCESS
-    assert len(polled) == 1  # asked once whether a copy exists elsewhere, then done
+    assert len(polled) == 2  # asked before and after the off whether a copy exists elsewhere
     assert b.execute(Op.STATUS, "test") == Result.OFF
+
+
+def test_a_migration_that_started_during_the_off_is_waited_for() -> None:
+    # nothing elsewhere at the first look; the destination's copy shows up by the second
+    b, polled = backend([[], ["host3"], ["host3"], []], migrating=False)
+    assert b.execute(Op.OFF, "test") == Result.SUCCESS
+    assert len(polled) >= 4  # waited until the destination's copy was gone
+    b, _ = backend([[], ["host3"]], migrating=False, power_timeout=0.2)
+    assert b.execute(Op.OFF, "test") == Result.FAIL  # it stays: no success
 
 
 def test_make_tracker_from_the_backend_config() -> None:

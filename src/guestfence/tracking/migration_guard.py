@@ -47,7 +47,12 @@ class GuardedLibvirtBackend(LibvirtBackend):
             return super().execute(op, target)
         racing = self._migrating_out(target) or bool(self._copies_elsewhere(target))
         code = super().execute(op, target)
-        if code != Result.SUCCESS or not racing:
+        if code != Result.SUCCESS:
+            return code
+        # asked again after the off: a migration that started between the first look
+        # and the destroy could have switched over meanwhile
+        racing = racing or self._migrating_out(target) or bool(self._copies_elsewhere(target))
+        if not racing:
             return code
         started = time.monotonic()
         while True:
