@@ -452,11 +452,18 @@ class LocationTable:
     # ------------------------------------------------------------------ queries
 
     def uuids(self, target: str) -> list[str]:
-        """UUIDs ``target`` (a UUID in any spelling, or a case-insensitive name) refers to."""
+        """UUIDs ``target`` (a UUID in any spelling, or a name) refers to: the guests with
+        exactly that name, or else those whose name differs only in case."""
         u = canonical_uuid(target)
         if u is not None and u in self._by_uuid:
             return [u]
-        return sorted(self._by_name.get(target.casefold(), {}))
+        named = self._by_name.get(target.casefold(), {})
+        # libvirt names are case-sensitive: "db" and "DB" are two guests. The C backends
+        # match without case (strcasecmp), kept for a name only known in another case;
+        # but a guest with exactly this name is the one meant, never its namesake.
+        exact = [u for u in named
+                 if any(e.name == target for e in self._by_uuid.get(u, {}).values())]
+        return sorted(exact or named)
 
     def listing(self, host: str) -> dict[str, tuple[str, int]]:
         """What the table holds for ``host``: uuid -> (name, state)."""
