@@ -527,7 +527,11 @@ class LocationTable:
             d = self._resolve(u, name, live_present + gone_present, target)
             actor = acting_host(d)
             if actor is not None and not self._hosts[actor].member:
-                return OwnerGone(actor, self._hosts[actor].fenced, u, name)
+                # off only when every copy is on a fenced host: a migration's other end
+                # (departed unfenced, or live) may hold the guest; name a host still to
+                # confirm, so the answerer asks about that one
+                host = actor if actor in unfenced or not unfenced else unfenced[0]
+                return OwnerGone(host, not live_present and not unfenced, u, name)
             if isinstance(d, Ambiguous) and all(not self._hosts[h].member for h in d.hosts):
                 return self._gone(u, name, list(d.hosts))
             if isinstance(d, Unknown) and gone_present:

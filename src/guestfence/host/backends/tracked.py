@@ -28,7 +28,7 @@ has just left is asked again of the new owner (at most :data:`MAX_ATTEMPTS`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from guestfence.errors import BackendError
@@ -198,19 +198,24 @@ class TrackedBackend:
         decision = self.tracker.decide(target)
         members = self.tracker.members()
         role = self._role(target, decision, members)
-        if role == "answer" and isinstance(decision, OwnerGone) and not decision.fenced:
+        asked: set[str] = set()
+        # every departed host holding a copy must be confirmed (the decision names one
+        # still to confirm); a confirmation is recorded in the tracker's table, so the
+        # decision is taken again from it, never patched here
+        while (role == "answer" and isinstance(decision, OwnerGone) and not decision.fenced
+               and decision.host not in asked):
             gone = decision.host
+            asked.add(gone)
             try:
                 fenced = self.tracker.confirm_fenced(gone)
             except BackendError as e:
                 log.error("%s: cannot ask whether host %s was fenced: %s", decision.name, gone, e)
                 fenced = False
-            if fenced:
-                decision = self.tracker.decide(target)
-                members = self.tracker.members()
-                if isinstance(decision, OwnerGone) and decision.host == gone:
-                    decision = replace(decision, fenced=True)  # confirmed, table not updated yet
-                role = self._role(target, decision, members)
+            if not fenced:
+                break
+            decision = self.tracker.decide(target)
+            members = self.tracker.members()
+            role = self._role(target, decision, members)
         return decision, role
 
     def lookup(self, target: str) -> TrackedDomain | None:
