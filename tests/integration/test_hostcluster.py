@@ -338,6 +338,7 @@ def test_partitioned_owner_is_never_reported_fenced_before_it_is(hc: HostCluster
     hc.lan.bridge.ip("link", "set", "veth1", "down")  # host1 is the first LAN member
     hc.wait_left("host1", marks)
     assert pid_alive(pid)  # the guest still runs behind the partition
+    _cut_off_host_is_silent_for_others(hc, own=vm, others="on3")
     assert hc.last_fence("host1", by="host2") is None
     before = hc.counts(vm)
     for _ in range(3):
@@ -353,6 +354,33 @@ def test_partitioned_owner_is_never_reported_fenced_before_it_is(hc: HostCluster
     assert hc.agent("off", vm) == (0, "")
     assert hc.agent("status", vm) == (2, "Status: OFF")
     assert set(hc.who_answered(vm, before, 6)) == {"host2"}
+
+
+def _cut_off_host_is_silent_for_others(hc: HostCluster, own: str, others: str) -> None:
+    """host1, alone in its partition, is not quorate: for host3's guest it is the only
+    live member, yet it stays silent (its "fail" would beat the real owner's answer for
+    guests that still reach it); its own guest it still answers for. A requester in
+    host1's own namespace is a guest that still reaches host1 (multicast loops back)."""
+    daemon = hc.daemons["host1"]
+    until("host1 sees host2 and host3 leave",
+          lambda: all(f"host cluster: {h} left the group" in daemon.log_text()
+                      for h in ("host2", "host3")), 30)
+    daemon.wait_for_log("host cluster: quorum NOT quorate", 30)
+
+    def agent(action: str, vm: str, timeout: int) -> tuple[int, str]:
+        r = hc.lan["host1"].run([venv_tool("fence_xvm"), "-k", str(hc.key), "-o", action,
+                                 "-H", vm, "-t", str(timeout)],
+                                capture_output=True, text=True, timeout=60)
+        return r.returncode, (r.stdout + r.stderr).strip()
+
+    before = hc.counts(own)
+    assert agent("status", own, 5) == (0, "Status: ON")  # the owner still answers
+    assert hc.who_answered(own, before, 1) == ["host1"]
+    before = hc.counts(others)
+    code, out = agent("status", others, 2)
+    assert code == 1 and "Status" not in out, out  # nobody answered: a timeout
+    assert hc.counts(others) == before  # host1 logged no request line: it stayed silent
+    assert "host3 left the group" in daemon.log_text()
 
 
 def _host1_comes_back(hc: HostCluster, vm: str) -> None:

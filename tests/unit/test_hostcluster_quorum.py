@@ -193,7 +193,7 @@ def test_a_host_outside_the_quorate_partition_is_silent_for_others_guests() -> N
 def test_quorum_start_failure_leaves_nothing_running() -> None:
     class Unreachable(FakeQuorum):
         async def start(self) -> None:
-            raise q.QuorumError("quorum_initialize", 2, "is corosync running?")
+            raise q.QuorumUnreachable(12)
 
     async def body() -> None:
         bus = FakeBus()
@@ -209,7 +209,7 @@ def test_quorum_start_failure_leaves_nothing_running() -> None:
 
         quorum = Unreachable()
         tracker = CpgTracker("host1", transport, source, lambda h, t: False, quorum=quorum)
-        with pytest.raises(q.QuorumError, match="quorum_initialize failed"):
+        with pytest.raises(q.QuorumError, match=r"cannot connect to corosync \(CS_ERR_NOT_EXIST\)"):
             await tracker.start()
         assert made == [] and closed == [True] and quorum.stopped and bus.members == []
     run(body)

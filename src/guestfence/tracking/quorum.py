@@ -85,6 +85,16 @@ class QuorumError(BackendError):
         self.code = code
 
 
+class QuorumUnreachable(QuorumError):
+    """``quorum_initialize`` failed: the same words as CPG's, the same causes."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__("quorum_initialize", code)
+        name = CS_ERROR_NAMES.get(code, str(code))
+        self.args = (f"cannot connect to corosync ({name}): is corosync running, and is "
+                     "guestfenced in its network and mount namespace?",)
+
+
 _lib: ctypes.CDLL | None = None
 
 
@@ -235,9 +245,7 @@ class QuorumHandle:
         rc = self.lib.quorum_initialize(ctypes.byref(self.handle), ctypes.byref(self._callbacks),
                                         ctypes.byref(qtype))
         if rc != CS_OK:
-            raise QuorumError("quorum_initialize", rc, "cannot reach corosync's quorum "
-                              "service: is corosync running, and is guestfenced in its "
-                              "network and mount namespace?")
+            raise QuorumUnreachable(rc)
         self.closed = False
         try:
             self.quorum_type = qtype.value
