@@ -112,3 +112,36 @@ def test_one_peer_cannot_hold_every_tcp_connection(tmp_path: Path) -> None:
 
     closed, dropped = asyncio.run(scenario())
     assert (closed, dropped) == (5, 5)
+
+
+def test_one_cluster_cannot_pile_up_multicast_requests(tmp_path: Path) -> None:
+    """A guest of cluster A holds a valid key and is a known requester (no flood budget
+    applies): datagrams with fresh seqnos, each for a guest the host has and a call-back
+    address that never answers, would each hold a task, a socket and worker-thread time.
+    They are capped per cluster; cluster B's request is still taken."""
+    import threading
+
+    from guestfence.host.listeners.network import PENDING_PER_CLUSTER
+
+    release = threading.Event()
+
+    class SlowOwner(SilentBackend):
+        def owns(self, target: str) -> bool:
+            release.wait(10)  # the daemon is busy with each request a while
+            return False
+
+    listener, a, b = _two_cluster_listener(tmp_path)
+    svc = listener.service
+    svc.backend = SlowOwner()
+
+    async def scenario() -> None:
+        for seqno in range(PENDING_PER_CLUSTER + 36):
+            listener.on_datagram(_block(a, seqno, "10.0.0.66"), "10.0.0.66")
+        listener.on_datagram(_block(b, 1, "10.0.0.7"), "10.0.0.7")
+        busy = svc.metrics["dropped_busy"]
+        release.set()
+        await svc.drain()
+        assert busy == 36, busy
+
+    asyncio.run(scenario())
+    assert svc.metrics["not_mine"] == PENDING_PER_CLUSTER + 1  # A's first ones and B's

@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from guestfence.errors import AuthError, ConfigError, ProtocolError
@@ -92,6 +92,11 @@ def _key_fields(ring_key: RingKey | None) -> dict[str, Any]:
 # datagrams/s (each queued 176-byte datagram costs about 1 KiB of buffer).
 DATAGRAMS_PER_WAKEUP = 256
 RECEIVE_BUFFER = 16 * 1024 * 1024
+# Verified requests being handled (ownership check, call-back, exchange) per guest cluster:
+# a cluster's guests hold a valid key and are known requesters (no flood budget applies),
+# so without a cap they could pile up tasks, sockets and worker-thread time that the
+# other clusters' requests then wait for. One fencing round of a cluster needs a handful.
+PENDING_PER_CLUSTER = 64
 
 
 def _enlarge_receive_buffer(sock: socket.socket) -> None:
@@ -111,6 +116,7 @@ class MulticastListener:
         # bound what a flood of forged datagrams costs: per source, and all together
         self._failures = FailureLimiter()
         self._scan_budget = ScanBudget()
+        self._handling: Counter[str | None] = Counter()  # cluster -> requests being handled
 
     async def start(self) -> None:
         sock = self._make_socket()
@@ -184,7 +190,20 @@ class MulticastListener:
             svc.metrics["duplicates"] += 1
             log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
             return
-        svc.spawn(self._handle(req, ring_key, key, time.monotonic()))
+        cluster = ring_key.cluster if ring_key is not None else None
+        if self._handling[cluster] >= PENDING_PER_CLUSTER:
+            svc.history.finish(key, time.monotonic(), served=False)  # a retransmit may come in
+            svc.drop("busy", source, f"{self._handling[cluster]} requests of "
+                     f"{cluster or 'this key'} are being handled")
+            return
+        self._handling[cluster] += 1
+        svc.spawn(self._counted(cluster, self._handle(req, ring_key, key, time.monotonic())))
+
+    async def _counted(self, cluster: str | None, handling: Awaitable[None]) -> None:
+        try:
+            await handling
+        finally:
+            self._handling[cluster] -= 1
 
     async def _handle(self, req: FenceRequest, ring_key: RingKey | None,
                       key: RequestKey, received: float) -> None:
