@@ -15,7 +15,7 @@ BASE_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0 ip
 TEST_PACKAGES := fence-virt fence-virtd fence-agents \
 	libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 chromium tgt libiscsi7 \
 	golang-go golang-github-vmware-govmomi-dev \
-	corosync libcpg4 pacemaker pacemaker-cli-utils \
+	corosync libcpg4 libquorum5 pacemaker pacemaker-cli-utils \
 	systemd man-db groff-base zsh
 BENCH_PACKAGES := hyperfine
 
