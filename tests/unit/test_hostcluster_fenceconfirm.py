@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -122,3 +123,27 @@ def test_confirmer_from_config() -> None:
     assert isinstance(cmd, ConfirmCommand) and cmd.command("h") == ["/bin/check", "h"]
     with pytest.raises(ConfigError, match="confirm_command"):
         make_confirmer(SimpleNamespace(fenced_confirm="command", confirm_command=None))
+
+
+def test_a_timed_out_confirm_command_leaves_no_process_behind(tmp_path: object) -> None:
+    import time
+
+    pidfile = f"{tmp_path}/child.pid"
+    command = ConfirmCommand(f"sh -c 'sleep 60 & echo $! > {pidfile}; wait' {{host}}",
+                             timeout=0.5)
+    started = time.monotonic()
+    assert command("host1", 0.0) is False  # no answer in time: not fenced
+    assert time.monotonic() - started < 5
+    child = int(Path(pidfile).read_text())
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead, not reaped yet
+        except FileNotFoundError:
+            return True
+
+    deadline = time.monotonic() + 5
+    while not gone():
+        assert time.monotonic() < deadline, "the command's child outlived its timeout"
+        time.sleep(0.02)

@@ -17,10 +17,12 @@ left (an old fence, from before the host came back, must not count):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -88,6 +90,31 @@ def fenced_since(history_xml: str, host: str, left_at: float) -> bool:
     return fenced_at is not None and (powered_on_at is None or powered_on_at < fenced_at)
 
 
+def run_bounded(argv: Sequence[str], timeout: float,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` in a session of its own: on timeout the whole process group
+    is killed (subprocess.run kills only the child, and a shell's children, an ssh
+    say, would outlive every timed-out question). TimeoutExpired is raised then."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:  # a descendant left the group with the pipes
+            proc.kill()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
 class StonithHistory:
     """Confirms from Pacemaker's fencing history (run where Pacemaker's IPC is reachable)."""
 
@@ -101,8 +128,7 @@ class StonithHistory:
         # second fence of the same host it kept showing the first (lab-verified)
         argv = [self.argv0, "--history", host, "--verbose", "--output-as", "xml"]
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                                  check=False, stdin=subprocess.DEVNULL)
+            done = run_bounded(argv, self.timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
             log.warning("fencing confirmation for %s: %s failed: %s", host, argv[0], e)
             return False
@@ -134,8 +160,7 @@ class ConfirmCommand:
         argv = self.command(host)
         env = {**os.environ, "GUESTFENCE_LEFT_AT": f"{left_at:.3f}"}
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                                  check=False, stdin=subprocess.DEVNULL, env=env)
+            done = run_bounded(argv, self.timeout, env)
         except (OSError, subprocess.TimeoutExpired) as e:
             log.warning("fencing confirmation for %s: %s failed: %s", host, argv[0], e)
             return False
