@@ -69,6 +69,11 @@ class Cluster(StartStop):
         if not nodes:
             raise ValueError("a cluster needs at least one node")
         self.scratch = Path(scratch).resolve()
+        if agents and str(self.scratch).startswith(("/run/", "/dev/shm/")):
+            # the nodes' /usr/sbin links point into the scratch dir, which their private
+            # /run or /dev/shm would hide
+            raise ValueError(f"{self.scratch}: with agents, the scratch directory must not "
+                             "be under /run or /dev/shm")
         self.pacemaker = pacemaker
         self.token_ms = token_ms
         self.cluster_name = cluster_name

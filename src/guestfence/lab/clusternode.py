@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -149,22 +150,24 @@ class ClusterNode:
             (farm / name).symlink_to(target)
 
     def _holder_script(self) -> str:
-        root = self.root
+        def q(path: str) -> str:
+            return shlex.quote(str(path))
+
+        root = str(self.root)
         binds = []
         if self.cluster.agents:  # keep the real /usr/sbin reachable before covering it
-            binds.append(f"mount --bind /usr/sbin {root}/sbin-orig")
-            binds.append(f"mount --bind {root}/sbin /usr/sbin")
+            binds.append(f"mount --bind /usr/sbin {q(root + '/sbin-orig')}")
+            binds.append(f"mount --bind {q(root + '/sbin')} /usr/sbin")
         for point, sub in PRIVATE_DIRS.items():
-            binds.append(f"mount --bind {root}/{sub} {point}")
-        binds.append(f"mount --bind {root}/run /run")  # last: the root may live under /run
-        return ("set -e; " + "; ".join(binds) + f"; hostname {self.name}; "
-                f"touch {root}/holder.ready; exec sleep infinity")
+            binds.append(f"mount --bind {q(root + '/' + sub)} {point}")
+        binds.append(f"mount --bind {q(root + '/run')} /run")  # last: root may be under /run
+        return ("set -e; " + "; ".join(binds) + f"; hostname {q(self.name)}; "
+                f"touch {q(root + '/holder.ready')}; exec sleep infinity")
 
     def start_holder(self, timeout: float = 15.0) -> None:
         ready = self.root / "holder.ready"
         ready.unlink(missing_ok=True)
-        log = open(self.root / "logs" / "holder.log", "ab")  # noqa: SIM115 - child keeps it
-        with log:
+        with open(self.root / "logs" / "holder.log", "ab") as log:
             proc = self.namespace.popen(
                 ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c",
                  self._holder_script()],
