@@ -46,3 +46,17 @@ def test_the_answerer_confirms_each_departed_end_before_success() -> None:
     tracker.fenced.add("h3")
     assert backend.execute(Op.OFF, "vm1") == Result.SUCCESS
     assert backend.execute(Op.STATUS, "vm1") == Result.OFF
+
+
+def test_a_status_asked_just_after_the_guest_moved_away_answers_on_never_off() -> None:
+    from guestfence.tracking.locations import SHUTOFF
+
+    t = LocationTable()
+    for host in ("h1", "h2"):
+        t.host_joined(host, 0.0)
+    t.announce("h2", {U1: DomainState("vm1", U1, RUNNING)}, 0.0, 1)  # resumed on h2
+    backend = TrackedBackend(FakeTracker("h1", t))  # type: ignore[arg-type]
+    assert backend.execute(Op.STATUS, "vm1") == Result.SUCCESS  # running, on h2
+    assert backend.execute(Op.OFF, "vm1") == Result.FAIL  # only h2 acts
+    t.announce("h2", {U1: DomainState("vm1", U1, SHUTOFF)}, 1.0, 2)
+    assert backend.execute(Op.STATUS, "vm1") == Result.FAIL  # "off" only from h2's libvirt

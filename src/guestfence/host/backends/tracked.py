@@ -263,6 +263,12 @@ class TrackedBackend:
                     log.info("%s", step.reason)
                 return step.code
             if isinstance(step, Silent):
+                # asked although another host acts (it took the guest over by a live
+                # migration since this daemon chose to answer): a status can still be
+                # true without acting; anything else is left to the acting host
+                if op == Op.STATUS and self._running_elsewhere(decision):
+                    log.info("%s; it runs there: on", step.reason)
+                    return Result.SUCCESS
                 log.warning("%s; this host does not answer for it: fail", step.reason)
                 return Result.FAIL
             code, moved = self._act(op, step, decision)
@@ -271,6 +277,15 @@ class TrackedBackend:
             log.info("%s: left %s during %s; asking its new host", _name(decision), step.host,
                      Op(op).name.lower())
         return Result.FAIL
+
+    def _running_elsewhere(self, decision: Decision) -> bool:
+        """The guest is on a live host that acts for it, not shut off (never "off" from
+        here: only the acting host verifies that)."""
+        actor = acting_host(decision)
+        if actor is None or actor not in self.tracker.members():
+            return False
+        return isinstance(decision, Migrating) or (
+            isinstance(decision, Owner) and decision.state != SHUTOFF)
 
     def _can_answer(self) -> bool:
         members = self.tracker.members()
