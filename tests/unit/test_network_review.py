@@ -145,3 +145,56 @@ def test_one_cluster_cannot_pile_up_multicast_requests(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert svc.metrics["not_mine"] == PENDING_PER_CLUSTER + 1  # A's first ones and B's
+
+
+def test_one_cluster_cannot_pile_up_tcp_requests(tmp_path: Path) -> None:
+    """Over TCP the same: cluster A's verified connections that stall their challenge are
+    capped per cluster (each holds a socket while it waits for a request slot); cluster
+    B's request on a fresh connection is served."""
+    from guestfence.host.cluster_access import ClusterAccess
+    from guestfence.host.clusters import ClusterConfig
+    from guestfence.host.config import TcpListenerConfig
+    from guestfence.host.listeners.network import PENDING_PER_CLUSTER, StreamListener
+    from guestfence.virt.handshake import ClientSession
+
+    class Db1Backend(SilentBackend):
+        def lookup(self, target: str) -> object | None:
+            from tests.unit.test_cluster_keys import DB1, Info
+            return Info("db1", DB1) if target in ("db1", DB1) else None
+
+        def execute(self, op: int, target: str) -> int:
+            return 0
+
+    mc, a, b = _two_cluster_listener(tmp_path)
+    svc = mc.service
+    svc.backend = Db1Backend()
+    svc.cluster_access = ClusterAccess([ClusterConfig(
+        "B", "/b", "/b.next", GuestBinding(names=frozenset({"db1"})))])
+    config = TcpListenerConfig("/unused", "sha256", "sha256", "ipv4", "127.0.0.1", 0)
+    listener = StreamListener("tcp", config, svc)
+
+    async def scenario() -> tuple[int, int | None]:
+        await listener.start()
+        assert listener._server is not None
+        port = listener._server.sockets[0].getsockname()[1]
+        stalled = []
+        for seqno in range(PENDING_PER_CLUSTER + 6):  # A: block sent, challenge never
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_block(a, seqno, "10.0.0.66"))
+            stalled.append(writer)
+        deadline = asyncio.get_running_loop().time() + 5
+        while svc.metrics["dropped_busy"] < 6 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # B
+        client = ClientSession(b, HashType.SHA256)
+        writer.write(_block(b, 1, "10.0.0.7") + client.initial_bytes())
+        writer.write(client.receive(await asyncio.wait_for(reader.readexactly(128), 3)))
+        client.receive(await asyncio.wait_for(reader.readexactly(1), 3))
+        writer.close()
+        for w in stalled:
+            w.close()
+        await listener.stop()
+        return svc.metrics["dropped_busy"], client.outcome.result
+
+    busy, result = asyncio.run(scenario())
+    assert (busy, result) == (6, 0)

@@ -267,6 +267,7 @@ class StreamListener:
         self.service = service
         self._server: asyncio.base_events.Server | None = None
         self._pending: Counter[str] = Counter()  # peer -> connections without a block yet
+        self._handling: Counter[str | None] = Counter()  # cluster -> verified, being served
 
     async def start(self) -> None:
         cfg = self.config
@@ -328,9 +329,19 @@ class StreamListener:
             if not svc.history.begin(key, time.monotonic()):
                 svc.metrics["duplicates"] += 1
                 return
+            cluster = ring_key.cluster if ring_key is not None else None
+            if self._handling[cluster] >= PENDING_PER_CLUSTER:  # see the multicast listener
+                svc.history.finish(key, time.monotonic(), served=False)
+                svc.drop("busy", requester, f"{self._handling[cluster]} requests of "
+                         f"{cluster or 'this key'} are being handled")
+                return
             request = Request(self.kind, requester, req.op, req.domain, req.seqno,
                               **_key_fields(ring_key))
-            await svc.serve(request, stream, key)
+            self._handling[cluster] += 1
+            try:
+                await svc.serve(request, stream, key)
+            finally:
+                self._handling[cluster] -= 1
         finally:
             await stream.close()
 
