@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from guestfence.lab.clusterconf import DEFAULT_CRM_CONFIG, corosync_conf, seed_cib
-from guestfence.lab.clusternode import ClusterNode, _mount_ns, pids_in_mount_ns
+from guestfence.lab.clusternode import ClusterNode, is_holder, pids_in_mount_ns
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 from guestfence.lab.tools import missing
@@ -178,7 +178,7 @@ class Cluster(StartStop):
                       addresses={n: v["address"] for n, v in nodes.items()})
         for name, value in nodes.items():
             holder = value.get("holder")
-            if isinstance(holder, int) and _mount_ns(holder) is not None:
+            if isinstance(holder, int) and is_holder(holder, cluster.node(name).namespace):
                 cluster.node(name).holder_pid = holder
         return cluster
 

@@ -44,15 +44,31 @@ def _mount_ns(pid: int) -> str | None:
 
 
 def pids_in_mount_ns(holder: int) -> list[int]:
-    """Every process sharing ``holder``'s mount namespace (the holder included)."""
+    """Every process sharing ``holder``'s mount namespace (the holder included).
+
+    Empty when ``holder`` is in this process's own mount namespace: then it is
+    not a node's holder (a pid reused after the lab died), and the namespace
+    is the machine's -- nothing in it is the lab's to kill.
+    """
     wanted = _mount_ns(holder)
-    if wanted is None:
+    if wanted is None or wanted == _mount_ns(os.getpid()):
         return []
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and _mount_ns(int(entry)) == wanted:
             found.append(int(entry))
     return found
+
+
+def is_holder(pid: int, namespace: Namespace) -> bool:
+    """``pid`` is a node holder: a ``sleep`` in ``namespace`` with a mount namespace of its
+    own (guards a pid read back from a state file against reuse)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return (comm == "sleep" and namespace.contains(pid)
+            and _mount_ns(pid) not in (None, _mount_ns(os.getpid())))
 
 
 def _kill_and_wait(pids: Collection[int], timeout: float = 10.0) -> None:

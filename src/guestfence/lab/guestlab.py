@@ -372,9 +372,14 @@ class GuestLab(LabView):
         self._save()
 
 def _terminate(pid: object, timeout: float = 30.0) -> bool:
-    """SIGTERM ``pid`` (a process the lab started, perhaps from another invocation), then
-    SIGKILL after ``timeout``; True once it is gone (a zombie counts as gone)."""
+    """SIGTERM ``pid`` (a qemuhost process the lab started, perhaps from another
+    invocation), then SIGKILL after ``timeout``; True once it is gone (a zombie counts)."""
     if not isinstance(pid, int):
+        return True
+    try:  # a pid read back from lab.json: make sure it is still ours
+        if b"guestfence.lab.qemuhost" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return True
+    except OSError:
         return True
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
