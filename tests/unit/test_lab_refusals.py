@@ -42,3 +42,13 @@ def test_status_without_a_lab(tmp_path: Path) -> None:
     (tmp_path / "bad" / "lab.json").write_text("{not json")
     with pytest.raises(LabError, match="not a lab state file"):
         GuestLab.load(tmp_path / "bad")
+
+
+def test_a_reused_pid_in_the_machines_mount_namespace_is_never_a_holder() -> None:
+    import os
+
+    from guestfence.lab.clusternode import is_holder, pids_in_mount_ns
+    from guestfence.lab.netns import Namespace
+
+    assert pids_in_mount_ns(os.getpid()) == []  # would be every process of the machine
+    assert not is_holder(os.getpid(), Namespace("gft-unit-none"))
