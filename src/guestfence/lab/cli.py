@@ -132,3 +132,6 @@ def show_status(lab: GuestLab, console: Console) -> None:
                   f"{', '.join(hex(k) for k in keys) or '-'}")
     example = lab.cluster.node(NODES[0]).exec_argv(["stonith_admin", "--fence", NODES[-1]])
     console.print(f"fence a node from {NODES[0]}: [bold]{' '.join(example)}[/bold]")
+    down = "guestfence lab down" + (f" --state-dir {lab.state_dir}"
+                                    if lab.state_dir != DEFAULT_STATE_DIR else "")
+    console.print(f"remove the lab: [bold]{down}[/bold]")
