@@ -27,6 +27,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from guestfence.errors import ConfigError
 
@@ -167,3 +168,16 @@ class ConfirmCommand:
         log.info("fencing confirmation for %s by %s: rc %d (%s)", host, argv[0],
                  done.returncode, "fenced" if done.returncode == 0 else "not fenced")
         return done.returncode == 0
+
+
+def make_confirmer(config: Any) -> Confirmer:
+    """``fenced_confirm = "stonith-history"`` (default) or ``"command"`` + ``confirm_command``."""
+    mode = getattr(config, "fenced_confirm", None) or "stonith-history"
+    command = getattr(config, "confirm_command", None) or ""
+    if mode == "command":
+        if not command:
+            raise ConfigError('fenced_confirm = "command" needs confirm_command = "CMD {host}"')
+        return ConfirmCommand(str(command))
+    if mode != "stonith-history":
+        raise ConfigError(f'fenced_confirm = {mode!r}: expected "stonith-history" or "command"')
+    return StonithHistory()

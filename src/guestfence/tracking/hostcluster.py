@@ -29,17 +29,23 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from guestfence.errors import BackendError, ConfigError, ProtocolError
 from guestfence.tracking import cpgwire
-from guestfence.tracking.cpg import Address, CpgMember, OnConfchg, OnDeliver, OnRing
-from guestfence.tracking.fenceconfirm import ConfirmCommand, Confirmer, StonithHistory
+from guestfence.tracking.cpg import Address
+from guestfence.tracking.fenceconfirm import Confirmer, make_confirmer
+from guestfence.tracking.hostcluster_seams import (
+    DomainSource,
+    GroupTransport,
+    QuorumSource,
+    TransportFactory,
+    cpg_transport,
+)
 from guestfence.tracking.localdomains import LocalDomains
 from guestfence.tracking.locations import (
     Ambiguous,
     Decision,
-    DomainState,
     Kind,
     LocationTable,
     Migrating,
@@ -49,7 +55,7 @@ from guestfence.tracking.locations import (
     acting_host,
     role_of,
 )
-from guestfence.tracking.quorum import QuorumGate, QuorumWatch
+from guestfence.tracking.quorum import QuorumWatch
 from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
 
 if TYPE_CHECKING:
@@ -61,57 +67,6 @@ log = logging.getLogger("guestfenced")
 DEFAULT_GROUP = "guestfence"
 MALFORMED_LOG_INTERVAL = 10.0  # seconds between two log lines about bad messages
 FIRST_INVENTORY_TIMEOUT = 10.0
-
-
-class GroupTransport(Protocol):
-    """What the tracker needs of a CPG member (a fake one in the unit tests)."""
-
-    pid: int
-
-    @property
-    def nodeid(self) -> int: ...
-
-    async def start(self) -> None: ...
-
-    def send(self, payload: bytes) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-TransportFactory = Callable[[OnDeliver, OnConfchg, Callable[[], None], Callable[[], None]],
-                            GroupTransport]
-
-
-class DomainSource(Protocol):
-    """This host's domains (LocalDomains, or a fake in the unit tests)."""
-
-    generation: int
-
-    async def start(self, on_event: Callable[[str, str, Kind, str], None],
-                    on_lost: Callable[[], None]) -> None: ...
-
-    def listing(self) -> tuple[int, list[DomainState]]: ...
-
-    def close(self) -> None: ...
-
-
-class QuorumSource(Protocol):
-    """corosync's quorum for this host (QuorumWatch, or a fake in the unit tests)."""
-
-    gate: QuorumGate
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-def cpg_transport(group: str, on_ring: OnRing = lambda _seq, _nodes: None
-                  ) -> TransportFactory:
-    def make(on_deliver: OnDeliver, on_confchg: OnConfchg, on_connected: Callable[[], None],
-             on_disconnected: Callable[[], None]) -> GroupTransport:
-        return CpgMember(group, on_deliver, on_confchg, on_connected, on_disconnected,
-                         on_ring)
-    return make
 
 
 class CpgTracker:
@@ -456,19 +411,6 @@ class CpgTracker:
 def _setting(config: Any, name: str, default: Any) -> Any:
     value = getattr(config, name, default)
     return default if value is None else value
-
-
-def make_confirmer(config: Any) -> Confirmer:
-    """``fenced_confirm = "stonith-history"`` (default) or ``"command"`` + ``confirm_command``."""
-    mode = _setting(config, "fenced_confirm", "stonith-history")
-    command = _setting(config, "confirm_command", "")
-    if mode == "command":
-        if not command:
-            raise ConfigError('fenced_confirm = "command" needs confirm_command = "CMD {host}"')
-        return ConfirmCommand(str(command))
-    if mode != "stonith-history":
-        raise ConfigError(f'fenced_confirm = {mode!r}: expected "stonith-history" or "command"')
-    return StonithHistory()
 
 
 def make_tracker(config: Any) -> CpgTracker:
