@@ -82,7 +82,10 @@ def test_pacemaker_tools_accept_our_agents(lab: GuestLab) -> None:
         assert rc == 0, out
     # pacemaker 2.1.5's crm_resource --validate refuses every stonith resource ("Manual
     # execution of the stonith standard is unsupported"); stonith_admin --validate is the
-    # fencer's own validation (the agent's validate-all with the device's parameters)
+    # fencer's own validation (the agent's validate-all with the device's parameters).
+    # The refusal comes from pacemaker before any agent runs: the same for ours and C's.
+    crm = lab.node_with_stack().run(["crm_resource", "--validate", "-r", guestcib.XVM_DEVICE])
+    assert "stonith standard is unsupported" in crm.stdout + crm.stderr, crm
     rc, out = admin(lab, "--validate", "-a", "fence_xvm", "-o", f"key_file={lab.key_file}",
                     "-o", "timeout=5")
     assert rc == 0 and "succeeded" in out, out
