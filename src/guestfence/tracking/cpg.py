@@ -23,35 +23,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guestfence.errors import BackendError
+from guestfence.tracking.corosync_ipc import (
+    CS_DISPATCH_ALL,
+    CS_ERR_LIBRARY,
+    CS_ERR_NOT_EXIST,
+    CS_ERR_TRY_AGAIN,
+    CS_ERROR_NAMES,
+    CS_OK,
+    CorosyncError,
+    ReconnectingClient,
+    check,
+    cs_error_t,
+    error_name,
+    load_typed_library,
+    unreachable_message,
+)
+
+__all__ = ["CS_DISPATCH_ALL", "CS_ERROR_NAMES", "CS_ERR_LIBRARY", "CS_ERR_NOT_EXIST",
+           "CS_ERR_TRY_AGAIN", "CS_OK", "Address", "CorosyncUnreachable", "CpgError",
+           "CpgHandle", "CpgMember", "cs_error_t", "group_name", "load_library"]
 
 log = logging.getLogger("guestfenced")
-
-# -- corotypes.h --------------------------------------------------------------------
-CS_OK = 1
-CS_ERR_LIBRARY = 2
-CS_ERR_TRY_AGAIN = 6
-CS_ERR_NOT_EXIST = 12
-CS_ERROR_NAMES = {
-    1: "CS_OK", 2: "CS_ERR_LIBRARY", 3: "CS_ERR_VERSION", 4: "CS_ERR_INIT",
-    5: "CS_ERR_TIMEOUT", 6: "CS_ERR_TRY_AGAIN", 7: "CS_ERR_INVALID_PARAM",
-    8: "CS_ERR_NO_MEMORY", 9: "CS_ERR_BAD_HANDLE", 10: "CS_ERR_BUSY", 11: "CS_ERR_ACCESS",
-    12: "CS_ERR_NOT_EXIST", 13: "CS_ERR_NAME_TOO_LONG", 14: "CS_ERR_EXIST",
-    15: "CS_ERR_NO_SPACE", 16: "CS_ERR_INTERRUPT", 17: "CS_ERR_NAME_NOT_FOUND",
-    18: "CS_ERR_NO_RESOURCES", 19: "CS_ERR_NOT_SUPPORTED", 20: "CS_ERR_BAD_OPERATION",
-    21: "CS_ERR_FAILED_OPERATION", 22: "CS_ERR_MESSAGE_ERROR", 23: "CS_ERR_QUEUE_FULL",
-    24: "CS_ERR_QUEUE_NOT_AVAILABLE", 25: "CS_ERR_BAD_FLAGS", 26: "CS_ERR_TOO_BIG",
-    27: "CS_ERR_NO_SECTIONS", 28: "CS_ERR_CONTEXT_NOT_FOUND", 30: "CS_ERR_TOO_MANY_GROUPS",
-    100: "CS_ERR_SECURITY",
-}
-CS_DISPATCH_ALL = 2  # run every pending callback, never block
 
 # -- cpg.h --------------------------------------------------------------------------
 CPG_TYPE_AGREED = 2
@@ -63,7 +61,6 @@ REASON_NAMES = {0: "UNDEFINED", 1: "JOIN", 2: "LEAVE", 3: "NODEDOWN", 4: "NODEUP
                 5: "PROCDOWN"}
 
 cpg_handle_t = ctypes.c_uint64
-cs_error_t = ctypes.c_int  # a C enum
 
 
 class CpgName(ctypes.Structure):
@@ -114,14 +111,8 @@ for _struct, _size in STRUCT_SIZES.items():
 assert CpgModelV1Data.flags.offset == 32
 
 
-class CpgError(BackendError):
+class CpgError(CorosyncError):
     """A libcpg call failed; ``code`` is the ``cs_error_t``."""
-
-    def __init__(self, func: str, code: int, hint: str = "") -> None:
-        name = CS_ERROR_NAMES.get(code, str(code))
-        super().__init__(f"{func} failed ({name}){': ' + hint if hint else ''}")
-        self.func = func
-        self.code = code
 
 
 class CorosyncUnreachable(CpgError):
@@ -129,9 +120,7 @@ class CorosyncUnreachable(CpgError):
 
     def __init__(self, code: int) -> None:
         super().__init__("cpg_model_initialize", code)
-        name = CS_ERROR_NAMES.get(code, str(code))
-        self.args = (f"cannot connect to corosync ({name}): is corosync running, and is "
-                     "guestfenced in its network and mount namespace?",)
+        self.args = (unreachable_message(code),)
 
 
 @dataclass(frozen=True)
@@ -151,12 +140,6 @@ def load_library() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    path = ctypes.util.find_library("cpg") or "libcpg.so.4"
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as e:
-        raise CpgError("dlopen", CS_ERR_LIBRARY,
-                       f"cannot load {path} ({e}); install Debian's libcpg4") from e
     handle, ptr = cpg_handle_t, ctypes.POINTER
     signatures: dict[str, list[type]] = {
         "cpg_model_initialize": [ptr(handle), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p],
@@ -169,12 +152,8 @@ def load_library() -> ctypes.CDLL:
         "cpg_membership_get": [handle, ptr(CpgName), ptr(CpgAddress), ptr(ctypes.c_int)],
         "cpg_local_get": [handle, ptr(ctypes.c_uint)],
     }
-    for name, argtypes in signatures.items():
-        func = getattr(lib, name)
-        func.argtypes = argtypes
-        func.restype = cs_error_t
-    _lib = lib
-    return lib
+    _lib = load_typed_library("cpg", "libcpg.so.4", "libcpg4", signatures, CpgError)
+    return _lib
 
 
 def group_name(name: str) -> CpgName:
@@ -241,8 +220,7 @@ class CpgHandle:
 
     @staticmethod
     def _check(func: str, rc: int) -> None:
-        if rc != CS_OK:
-            raise CpgError(func, rc)
+        check(CpgError, func, rc)
 
     def _retry(self, func: str, call: Callable[[], int], timeout: float = 5.0) -> None:
         # TRY_AGAIN: a membership change or flow control is in progress.
@@ -313,7 +291,7 @@ class CpgHandle:
             log.exception("cpg: totem callback failed")
 
 
-class CpgMember:
+class CpgMember(ReconnectingClient[CpgHandle]):
     """A :class:`CpgHandle` on an asyncio loop, reconnecting when corosync restarts.
 
     ``on_connected`` runs after every (re)join, ``on_disconnected`` when the
@@ -321,27 +299,24 @@ class CpgMember:
     owner re-announces on the next membership change anyway).
     """
 
-    RECONNECT_MIN = 0.5
-    RECONNECT_MAX = 5.0
+    LOG_NAME = "cpg"
+    ERROR = CpgError
     SEND_TIMEOUT = 10.0
 
     def __init__(self, group: str, on_deliver: OnDeliver, on_confchg: OnConfchg,
                  on_connected: Callable[[], None] = lambda: None,
                  on_disconnected: Callable[[], None] = lambda: None,
                  on_ring: OnRing = lambda _seq, _nodes: None) -> None:
+        super().__init__()
         self.group = group
         self.on_ring = on_ring  # each new totem ring: its sequence and every node in it
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
-        self.handle: CpgHandle | None = None
         self.pid = os.getpid()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[bytes] = []
         self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
 
     @property
     def nodeid(self) -> int:
@@ -358,7 +333,6 @@ class CpgMember:
         self._tasks.append(self._loop.create_task(self._sender()))
 
     def _connect(self) -> None:
-        assert self._loop is not None
         handle = CpgHandle(self.group, self.on_deliver, self.on_confchg)
         handle.on_ring = self.on_ring
         handle.open()
@@ -367,45 +341,19 @@ class CpgMember:
         except CpgError:
             handle.finalize()
             raise
-        self.handle = handle
-        self._loop.add_reader(handle.fd, self._readable)
+        self._watch(handle)
         log.info("cpg: joined group %r as node %d pid %d", self.group, handle.nodeid, self.pid)
         self.on_connected()
 
-    def _readable(self) -> None:
-        handle = self.handle
-        if handle is None:
-            return
-        rc = handle.dispatch()
-        if rc in (CS_OK, CS_ERR_TRY_AGAIN):
-            return
-        log.error("cpg: lost corosync (%s); reconnecting", CS_ERROR_NAMES.get(rc, rc))
-        self._drop()
-        if not self._stopping and self._loop is not None:
-            self._tasks.append(self._loop.create_task(self._reconnect()))
-
     def _drop(self) -> None:
-        handle, self.handle = self.handle, None
         self._queue.clear()
-        if handle is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(handle.fd)
-        handle.finalize()
+        super()._drop()
+
+    def _lost(self) -> None:
         try:
             self.on_disconnected()
         except Exception:
             log.exception("cpg: disconnect handler failed")
-
-    async def _reconnect(self) -> None:
-        delay = self.RECONNECT_MIN
-        while not self._stopping and self.handle is None:
-            await asyncio.sleep(delay)
-            try:
-                self._connect()
-            except CpgError as e:
-                log.debug("cpg: reconnect: %s", e)
-                delay = min(delay * 2, self.RECONNECT_MAX)
 
     def send(self, payload: bytes) -> None:
         """Queue one agreed-order multicast; order is kept, TRY_AGAIN is retried."""
@@ -428,7 +376,7 @@ class CpgMember:
                     await asyncio.sleep(0.005)  # let dispatch drain deliveries
                 else:
                     log.error("cpg: cpg_mcast_joined failed (%s); message dropped",
-                              CS_ERROR_NAMES.get(rc, rc))
+                              error_name(rc))
                     self._queue.pop(0)
 
     def membership(self) -> list[Address]:
@@ -436,18 +384,10 @@ class CpgMember:
 
     async def stop(self) -> None:
         """Leave the group and finalize; idempotent."""
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        handle, self.handle = self.handle, None
+        await self._cancel_tasks()
+        handle = self._unwatch()
         if handle is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(handle.fd)
         with contextlib.suppress(CpgError):
             handle.leave()
         handle.finalize()

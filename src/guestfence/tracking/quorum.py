@@ -37,21 +37,21 @@ the same totem ring sequence CPG's totem callback carries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import ctypes.util
 import logging
 import threading
 from dataclasses import dataclass
 
-from guestfence.errors import BackendError
-from guestfence.tracking.cpg import (
+from guestfence.tracking.corosync_ipc import (
     CS_DISPATCH_ALL,
-    CS_ERR_LIBRARY,
-    CS_ERR_TRY_AGAIN,
-    CS_ERROR_NAMES,
     CS_OK,
+    CorosyncError,
+    ReconnectingClient,
+    check,
+    load_typed_library,
+    unreachable_message,
 )
+from guestfence.tracking.corosync_ipc import cs_error_t as cs_error_t  # re-exported
 
 log = logging.getLogger("guestfenced")
 
@@ -61,7 +61,6 @@ CS_TRACK_CURRENT = 0x01
 CS_TRACK_CHANGES = 0x02
 
 quorum_handle_t = ctypes.c_uint64
-cs_error_t = ctypes.c_int
 QuorumNotifyFn = ctypes.CFUNCTYPE(None, quorum_handle_t, ctypes.c_uint32, ctypes.c_uint64,
                                   ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))
 
@@ -75,14 +74,8 @@ class QuorumCallbacks(ctypes.Structure):
 assert ctypes.sizeof(QuorumCallbacks) == 8
 
 
-class QuorumError(BackendError):
+class QuorumError(CorosyncError):
     """A libquorum call failed; ``code`` is the ``cs_error_t``."""
-
-    def __init__(self, func: str, code: int, hint: str = "") -> None:
-        name = CS_ERROR_NAMES.get(code, str(code))
-        super().__init__(f"{func} failed ({name}){': ' + hint if hint else ''}")
-        self.func = func
-        self.code = code
 
 
 class QuorumUnreachable(QuorumError):
@@ -90,9 +83,7 @@ class QuorumUnreachable(QuorumError):
 
     def __init__(self, code: int) -> None:
         super().__init__("quorum_initialize", code)
-        name = CS_ERROR_NAMES.get(code, str(code))
-        self.args = (f"cannot connect to corosync ({name}): is corosync running, and is "
-                     "guestfenced in its network and mount namespace?",)
+        self.args = (unreachable_message(code),)
 
 
 _lib: ctypes.CDLL | None = None
@@ -103,12 +94,6 @@ def load_library() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    path = ctypes.util.find_library("quorum") or "libquorum.so.5"
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as e:
-        raise QuorumError("dlopen", CS_ERR_LIBRARY,
-                          f"cannot load {path} ({e}); install Debian's libquorum5") from e
     handle, ptr = quorum_handle_t, ctypes.POINTER
     signatures: dict[str, list[type]] = {
         "quorum_initialize": [ptr(handle), ptr(QuorumCallbacks), ptr(ctypes.c_uint32)],
@@ -118,12 +103,9 @@ def load_library() -> ctypes.CDLL:
         "quorum_getquorate": [handle, ptr(ctypes.c_int)],
         "quorum_trackstart": [handle, ctypes.c_uint],
     }
-    for name, argtypes in signatures.items():
-        func = getattr(lib, name)
-        func.argtypes = argtypes
-        func.restype = cs_error_t
-    _lib = lib
-    return lib
+    _lib = load_typed_library("quorum", "libquorum.so.5", "libquorum5", signatures,
+                              QuorumError)
+    return _lib
 
 
 # -- the gate (pure) -----------------------------------------------------------------
@@ -267,8 +249,7 @@ class QuorumHandle:
 
     @staticmethod
     def _check(func: str, rc: int) -> None:
-        if rc != CS_OK:
-            raise QuorumError(func, rc)
+        check(QuorumError, func, rc)
 
     def dispatch(self) -> int:
         return int(self.lib.quorum_dispatch(self.handle, CS_DISPATCH_ALL))
@@ -287,18 +268,15 @@ class QuorumHandle:
             log.exception("quorum: notification callback failed")
 
 
-class QuorumWatch:
+class QuorumWatch(ReconnectingClient[QuorumHandle]):
     """A :class:`QuorumHandle` on an asyncio loop feeding a :class:`QuorumGate`."""
 
-    RECONNECT_MIN = 0.5
-    RECONNECT_MAX = 5.0
+    LOG_NAME = "quorum"
+    ERROR = QuorumError
 
     def __init__(self, gate: QuorumGate | None = None) -> None:
+        super().__init__()
         self.gate = gate or QuorumGate()
-        self.handle: QuorumHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def start(self) -> None:
         """Connect; QuorumError (saying what to check) when corosync is not reachable."""
@@ -306,48 +284,13 @@ class QuorumWatch:
         self._connect()
 
     def _connect(self) -> None:
-        assert self._loop is not None
         handle = QuorumHandle(self.gate)
         handle.open()
-        self.handle = handle
-        self._loop.add_reader(handle.fd, self._readable)
+        self._watch(handle)
 
-    def _readable(self) -> None:
-        handle = self.handle
-        if handle is None:
-            return
-        rc = handle.dispatch()
-        if rc in (CS_OK, CS_ERR_TRY_AGAIN):
-            return
-        log.error("quorum: lost corosync (%s); reconnecting", CS_ERROR_NAMES.get(rc, rc))
-        self._drop()
-        if not self._stopping and self._loop is not None:
-            self._task = self._loop.create_task(self._reconnect())
-
-    def _drop(self) -> None:
-        handle, self.handle = self.handle, None
-        if handle is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(handle.fd)
-        handle.finalize()
+    def _lost(self) -> None:
         self.gate.lost()
 
-    async def _reconnect(self) -> None:
-        delay = self.RECONNECT_MIN
-        while not self._stopping and self.handle is None:
-            await asyncio.sleep(delay)
-            try:
-                self._connect()
-            except QuorumError as e:
-                log.debug("quorum: reconnect: %s", e)
-                delay = min(delay * 2, self.RECONNECT_MAX)
-
     async def stop(self) -> None:
-        self._stopping = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel_tasks()
         self._drop()
