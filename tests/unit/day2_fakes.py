@@ -1,4 +1,4 @@
-"""Fakes shared by the day-2 unit tests (admin socket, metrics, JSON logs)."""
+"""Fakes shared by unit tests (admin socket, metrics, JSON logs, fence service, keys)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ class TrackingBackend(FakeBackend):
 
 
 class Sink:
+    """The requester's connection as FenceService sees it: what it was sent."""
+
     def __init__(self) -> None:
         self.sent = b""
 

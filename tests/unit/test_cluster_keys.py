@@ -27,6 +27,7 @@ from guestfence.host.keyring import (
 from guestfence.host.keys import fingerprint
 from guestfence.host.server import FenceService, Request
 from guestfence.virt.wire import FenceRequest, HashType, HostRecord, Op, Result, verify_request
+from tests.unit.day2_fakes import Sink
 
 WEB1 = "11111111-1111-1111-1111-000000000001"
 DB1 = "22222222-2222-2222-2222-000000000001"
@@ -353,20 +354,6 @@ class Backend:
 
     def close(self) -> None:
         pass
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.sent = b""
-
-    async def read_exactly(self, n: int, timeout: float) -> bytes:
-        raise AssertionError("no authentication in these tests")
-
-    async def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def peer_gone(self) -> bool:
-        return False
 
 
 def clustered_service(backend: Backend) -> FenceService:

@@ -11,6 +11,7 @@ from guestfence.errors import BackendError
 from guestfence.host.acl import AccessMap
 from guestfence.host.server import FenceService, Request
 from guestfence.virt.wire import HashType, HostRecord, Op, Result
+from tests.unit.day2_fakes import Sink
 
 UUID = "11111111-1111-1111-1111-000000000001"
 
@@ -55,20 +56,6 @@ class SlowBackend:
 
     def close(self) -> None:
         pass
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.sent = b""
-
-    async def read_exactly(self, n: int, timeout: float) -> bytes:
-        raise AssertionError("no authentication in these tests")
-
-    async def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def peer_gone(self) -> bool:
-        return False
 
 
 def service(backend: SlowBackend) -> FenceService:
