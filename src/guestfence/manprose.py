@@ -117,6 +117,41 @@ fingerprint with \fBsha256sum\fR there); \fBguestfence keys retire\fR
 twice a second and reloads them on SIGHUP, so a retired key stops working
 within a second, without a restart. Keys are never logged, their
 fingerprints are (the first 16 hex digits of the key's SHA\-256)."""),
+    ("LIVE MIGRATION: THREE HOST MODES", r"""A \fBlibvirt\fR backend answers
+for the guests of its own libvirt only. When guests live-migrate between hosts
+that share a multicast group, choose one of three tracked backends; in each,
+exactly one daemon answers a request, success still means "verified off", and
+a guest whose host cannot be reached fails instead of being reported off.
+.TP
+.B backend = \(dqstatic\(dq
+A host \-> guests map, the same on every host, in
+\fBbackends { static { uri; host_name; map { HOST = "GUEST ..."; } } }\fR.
+A daemon executes only for the guests the map gives its host and its libvirt
+shows. A guest on the wrong host, or migrated in or out, is a WARNING line, a
+count in the metrics, and a failure for its requests; \fBguestfence check
+\-\-fence\-virt\-conf\fR reports it too.
+.TP
+.B backend = \(dqcpg\(dq
+A corosync host cluster: \fBbackends { cpg { uri; host_name; group;
+fenced_confirm; confirm_command; } }\fR. Every guestfenced joins the CPG group
+(default \fBguestfence\fR; not the C backend's) and announces its guests on
+join, membership changes and libvirt lifecycle events; the owner executes.
+When the owner host leaves the membership, the member with the lowest host
+name answers failure until the host cluster confirms it fenced that host
+after it left (\fBstonith_admin \-\-history HOST \-\-verbose\fR, or the
+confirm command). Only a host of a quorate partition answers for other hosts'
+guests. guestfenced must share corosync's network and mount namespaces.
+.TP
+.B backend = \(dqmulti\-libvirt\(dq
+No host cluster: \fBbackends { multi\-libvirt { host_name; hosts { HOST =
+"URI"; } } }\fR. The daemon keeps a libvirt connection to every host, follows
+their lifecycle events and acts through the connection of the host the guest
+runs on. A host it cannot reach makes the answer a failure, never "off".
+Without \fBhost_name\fR one management daemon answers for all hosts.
+.PP
+Ownership moves when the migration's destination resumes the guest (or the
+source stops with "migrated"), not when the destination's qemu starts; an
+\fBoff\fR that races a migration answers success only when no copy is left."""),
     ("SYSTEMD", r"""The unit \fIguestfenced.service\fR (in the source tree's
 \fIdist/systemd\fR) runs \fBguestfenced \-F \-w\fR with \fBType=notify\fR:
 the daemon tells systemd when its listener serves. With \fB\-w\fR a backend or
