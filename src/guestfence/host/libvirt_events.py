@@ -43,6 +43,51 @@ def ensure_event_thread() -> None:
         _event_thread.start()
 
 
+def open_for_lifecycle_events(
+    uri: str | None, where: str, on_closed: Callable[[Any, int, Any], None],
+    on_event: Callable[[Any, Any, int, int, Any], None], *, opaque: Any = None,
+    keepalive: tuple[int, int] | None = (KEEPALIVE_INTERVAL, KEEPALIVE_COUNT),
+) -> tuple[Any, int]:
+    """A connection with a close callback and a lifecycle-event callback: (conn, callback id).
+
+    Blocking (a worker thread). The event thread runs before the connection is
+    opened (libvirt needs that). ``keepalive`` (interval, count) makes a dead
+    remote host's connection close; None leaves libvirt's default. OSError
+    saying ``where`` when libvirt cannot be reached or refuses the callbacks.
+    """
+    ensure_event_thread()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise OSError(f"cannot connect to libvirt at {where}: "
+                      f"{e.get_error_message()}") from e
+    if keepalive is not None:
+        with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
+            conn.setKeepAlive(*keepalive)
+    try:
+        conn.registerCloseCallback(on_closed, opaque)
+        callback_id = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, opaque)
+    except libvirt.libvirtError as e:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        raise OSError(f"cannot subscribe to domain events at {where}: "
+                      f"{e.get_error_message()}") from e
+    return conn, int(callback_id)
+
+
+def close_event_connection(conn: Any, callback_id: int | None = None) -> None:
+    """Undo :func:`open_for_lifecycle_events`; a connection already gone is fine."""
+    try:
+        if callback_id is not None:
+            conn.domainEventDeregisterAny(callback_id)
+        conn.unregisterCloseCallback()
+    except libvirt.libvirtError:
+        pass  # the connection is already gone
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
 def _run_events() -> None:
     while True:  # each call blocks in poll() until a handle or timer fires
         try:
@@ -129,24 +174,8 @@ class DomainWatcher:
     # ------------------------------------------------------------------ internals
 
     def _open_locked(self) -> None:
-        ensure_event_thread()
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as e:
-            raise OSError(f"cannot connect to libvirt at {self.where}: "
-                          f"{e.get_error_message()}") from e
-        with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
-            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        try:
-            conn.registerCloseCallback(self._closed, None)
-            self._callback_id = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None
-            )
-        except libvirt.libvirtError as e:
-            conn.close()
-            raise OSError(f"cannot subscribe to domain events at {self.where}: "
-                          f"{e.get_error_message()}") from e
-        self._conn = conn
+        self._conn, self._callback_id = open_for_lifecycle_events(
+            self.uri, self.where, self._closed, self._event)
 
     def _alive(self) -> bool:
         try:
@@ -156,18 +185,9 @@ class DomainWatcher:
 
     def _close_locked(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if self._callback_id is not None:
-                conn.domainEventDeregisterAny(self._callback_id)
-            conn.unregisterCloseCallback()
-        except libvirt.libvirtError:
-            pass  # the connection is already gone
-        finally:
-            self._callback_id = None
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+        callback_id, self._callback_id = self._callback_id, None
+        if conn is not None:
+            close_event_connection(conn, callback_id)
 
     # Both callbacks run in the libvirt event thread.
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import libvirt
 
-from guestfence.host.libvirt_events import ensure_event_thread
+from guestfence.host.libvirt_events import close_event_connection, open_for_lifecycle_events
 from guestfence.tracking.locations import (
     PAUSED,
     DomainState,
@@ -173,24 +173,9 @@ class HostFeed:
     # ------------------------------------------------------------------ worker threads
 
     def _open(self) -> None:
-        ensure_event_thread()
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as e:
-            raise OSError(f"cannot connect to libvirt at {self.uri}: "
-                          f"{e.get_error_message()}") from e
-        with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
-            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        try:
-            conn.registerCloseCallback(self._closed, None)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                        self._event, None)
-        except libvirt.libvirtError as e:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
-            raise OSError(f"cannot subscribe to events at {self.uri}: "
-                          f"{e.get_error_message()}") from e
-        self._conn = conn
+        self._conn, _ = open_for_lifecycle_events(
+            self.uri, self.uri, self._closed, self._event,
+            keepalive=(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT))
 
     def _list(self) -> dict[str, DomainState]:
         try:
@@ -200,12 +185,8 @@ class HostFeed:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.unregisterCloseCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+        if conn is not None:
+            close_event_connection(conn)
 
     # ------------------------------------------------------------------ libvirt event thread
 

@@ -23,7 +23,7 @@ from typing import Any
 import libvirt
 
 from guestfence.errors import BackendError
-from guestfence.host.libvirt_events import ensure_event_thread
+from guestfence.host.libvirt_events import open_for_lifecycle_events
 from guestfence.tracking.locations import DomainState, Kind, Migration, from_libvirt
 
 log = logging.getLogger("guestfenced")
@@ -74,14 +74,8 @@ class LocalDomains:
                 if conn.isAlive():
                     return conn
             self._forget(uri)
-        ensure_event_thread()
-        try:
-            conn = libvirt.open(uri)
-            conn.registerCloseCallback(self._closed, uri)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                        self._event, uri)
-        except libvirt.libvirtError as e:
-            raise OSError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from e
+        conn, _ = open_for_lifecycle_events(uri, uri, self._closed, self._event, opaque=uri,
+                                            keepalive=None)
         with self._lock:
             self._conns[uri] = conn
         return conn
