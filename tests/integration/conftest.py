@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from guestfence.lab.cfence import CConfig, CDaemon, missing_tools, write_key
+from guestfence.lab.hostslab import HostsLab
+from guestfence.lab.libvirtd import missing_tools as libvirtd_missing_tools
 from guestfence.lab.netns import (
     TEST_PREFIX,
     LabError,
@@ -108,6 +110,26 @@ def lan() -> Iterator[LanFactory]:
 def tmp_key(tmp_path: Path) -> Path:
     """A fresh 4096-byte shared key file (mode 0600)."""
     return write_key(tmp_path / "fence_xvm.key")
+
+
+@pytest.fixture
+def hosts_lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HostsLab]:
+    """Two started hosts (h1, h2: private libvirtd + QEMU each, on one LAN), no daemons yet.
+
+    Fails naming what is missing; stopped afterwards, with every log printed
+    when the test (or a fixture building on this one) failed.
+    """
+    missing = libvirtd_missing_tools()
+    if missing:
+        pytest.fail("the two-host tests need: " + "; ".join(missing), pytrace=False)
+    lab = HostsLab(tmp_path / "lab")
+    try:
+        lab.start()
+        yield lab
+    finally:
+        if _failed(request):
+            print(lab.logs())
+        lab.stop()
 
 
 DaemonFactory = Callable[..., CDaemon]

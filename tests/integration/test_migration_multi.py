@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from guestfence.lab.hostslab import HostsLab
-from guestfence.lab.libvirtd import missing_tools
 from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text
 
 pytestmark = pytest.mark.integration
@@ -27,23 +25,13 @@ VIR_DOMAIN_RUNNING, VIR_DOMAIN_SHUTOFF = 1, 5
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, tmp_key: Path, request: pytest.FixtureRequest) -> Iterator[HostsLab]:
-    missing = missing_tools()
-    if missing:
-        pytest.fail("the migration tests need: " + "; ".join(missing), pytrace=False)
-    lab = HostsLab(tmp_path / "lab")
-    try:
-        lab.start()
-        for host in lab.host_names:
-            lab.daemon(host, daemon_config_text(
-                str(tmp_key), [], interface="eth0", backend="multi-libvirt", host_name=host,
-                hosts=lab.hosts_block()))
-        yield lab
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(lab.logs())
-        lab.stop()
+def hosts(hosts_lab: HostsLab, tmp_key: Path) -> HostsLab:
+    lab = hosts_lab
+    for host in lab.host_names:
+        lab.daemon(host, daemon_config_text(
+            str(tmp_key), [], interface="eth0", backend="multi-libvirt", host_name=host,
+            hosts=lab.hosts_block()))
+    return lab
 
 
 def lines(daemon: OurDaemon, guest: str, action: str) -> list[str]:

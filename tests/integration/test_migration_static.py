@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from guestfence.lab.hostslab import HostsLab
-from guestfence.lab.libvirtd import missing_tools, pid_alive
+from guestfence.lab.libvirtd import pid_alive
 from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text, venv_tool
 
 pytestmark = pytest.mark.integration
@@ -27,26 +26,16 @@ MAP = (("h1", ("vm1", "vm2")), ("h2", ("vm3", "wrong")))
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, tmp_key: Path, request: pytest.FixtureRequest) -> Iterator[HostsLab]:
-    missing = missing_tools()
-    if missing:
-        pytest.fail("the static-mode tests need: " + "; ".join(missing), pytrace=False)
-    lab = HostsLab(tmp_path / "lab")
-    try:
-        lab.start()
-        lab.labs["h1"].define_and_start("vm1", memory_mib=32)
-        lab.labs["h1"].define_and_start("wrong", memory_mib=32)  # the map gives it to h2
-        lab.labs["h2"].define_and_start("vm3", memory_mib=32)
-        for host in lab.host_names:
-            lab.daemon(host, daemon_config_text(
-                str(tmp_key), [lab.tcp_uri(host)], interface="eth0", backend="static",
-                host_name=host, static_map=MAP))
-        yield lab
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(lab.logs())
-        lab.stop()
+def hosts(hosts_lab: HostsLab, tmp_key: Path) -> HostsLab:
+    lab = hosts_lab
+    lab.labs["h1"].define_and_start("vm1", memory_mib=32)
+    lab.labs["h1"].define_and_start("wrong", memory_mib=32)  # the map gives it to h2
+    lab.labs["h2"].define_and_start("vm3", memory_mib=32)
+    for host in lab.host_names:
+        lab.daemon(host, daemon_config_text(
+            str(tmp_key), [lab.tcp_uri(host)], interface="eth0", backend="static",
+            host_name=host, static_map=MAP))
+    return lab
 
 
 def lines(daemon: OurDaemon, guest: str) -> list[str]:
