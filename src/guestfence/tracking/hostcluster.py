@@ -44,19 +44,14 @@ from guestfence.tracking.hostcluster_seams import (
 )
 from guestfence.tracking.localdomains import LocalDomains
 from guestfence.tracking.locations import (
-    Ambiguous,
     Decision,
     Kind,
     LocationTable,
-    Migrating,
-    Owner,
-    OwnerGone,
-    Unknown,
     acting_host,
     role_of,
 )
 from guestfence.tracking.quorum import QuorumWatch
-from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
+from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot, decision_kind
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend
@@ -399,10 +394,7 @@ class CpgTracker:
         state = -1
         if host is not None:
             state = self.table.listing(host).get(uuid, (name, -1))[1]
-        kinds: dict[type, str] = {Owner: "owner", Migrating: "migrating",
-                                  OwnerGone: "owner-gone", Ambiguous: "ambiguous",
-                                  Unknown: "unknown"}
-        return GuestLocation(name, uuid, host, state, kinds[type(d)])
+        return GuestLocation(name, uuid, host, state, decision_kind(d))
 
 
 # ---------------------------------------------------------------------- factory

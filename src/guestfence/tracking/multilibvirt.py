@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 from guestfence.errors import BackendError
 from guestfence.tracking.libvirt_feed import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, HostFeed
 from guestfence.tracking.locations import Decision, LocationTable, acting_host
-from guestfence.tracking.static import decision_kind
-from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
+from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot, decision_kind
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend

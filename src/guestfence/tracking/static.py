@@ -34,7 +34,7 @@ from guestfence.tracking.locations import (
     Violation,
     acting_host,
 )
-from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot
+from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot, decision_kind
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend
@@ -61,12 +61,6 @@ def left_by_migration(conn: Any) -> set[str]:
         except libvirt.libvirtError:
             continue  # gone meanwhile
     return found
-
-
-def decision_kind(decision: Decision) -> str:
-    """The snapshot's word for a decision."""
-    return {"Owner": "owner", "Migrating": "migrating", "OwnerGone": "owner-gone",
-            "Ambiguous": "ambiguous", "Unknown": "unknown"}[type(decision).__name__]
 
 
 class StaticTracker:

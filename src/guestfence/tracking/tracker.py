@@ -50,6 +50,12 @@ class GuestLocation:
     """The decision's kind: ``owner``, ``migrating``, ``owner-gone``, ``ambiguous``."""
 
 
+def decision_kind(decision: Decision) -> str:
+    """The snapshot's word for a decision."""
+    return {"Owner": "owner", "Migrating": "migrating", "OwnerGone": "owner-gone",
+            "Ambiguous": "ambiguous", "Unknown": "unknown"}[type(decision).__name__]
+
+
 @dataclass(frozen=True)
 class TrackingSnapshot:
     mode: Mode
