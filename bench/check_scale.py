@@ -99,9 +99,7 @@ def main() -> int:
         summary.data.update(times=times, parts=parts)
         summary.checks.append(Check("guestfence check, 1,000 hosts / 10,000 guests", median,
                                     2.0, " s"))
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

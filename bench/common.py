@@ -291,6 +291,12 @@ class Summary:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    def finish(self) -> int:
+        """Print the summary, write the results file, and give the exit status (0: all met)."""
+        self.print()
+        print(f"results: {self.write()}")
+        return 0 if self.ok else 1
+
 
 def _jsonable(obj: object) -> object:
     if is_dataclass(obj) and not isinstance(obj, type):
@@ -381,6 +387,4 @@ def run_benchmark(name: str, body: Callable[[Lab, Summary], None]) -> int:
     except KeyboardInterrupt:
         print(f"\n{name}: interrupted; lab cleaned up", file=sys.stderr)
         return 130
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()

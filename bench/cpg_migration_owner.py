@@ -143,9 +143,7 @@ def main() -> int:
     summary.data.update(after_return=vars(ours), baseline=vars(ref), migrate=vars(wall))
     summary.checks.append(Check("migrate returned -> new owner answered, max", ours.max / 1000,
                                 1.0, " s"))
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

@@ -139,9 +139,7 @@ def main() -> int:
                         agent_process_s=process)
     summary.checks.append(Check("ours, fence one node across 50 LUNs", results[50]["ours_s"],
                                 1.0, " s"))
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

@@ -137,9 +137,7 @@ def main() -> int:
     summary.checks.append(Check("ours: stonith_admin --fence median", stats["ours"].median,
                                 LIMIT_MS, " ms"))
     summary.data = {"rounds": rounds, "stats": stats, "seconds": times}
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

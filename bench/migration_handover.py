@@ -123,9 +123,7 @@ def main() -> int:
                         baseline_median_s=base, reference="none")
     summary.checks.append(Check("hand-over (median, incl. one round trip)", med * 1000,
                                 TARGET_S * 1000, " ms"))
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

@@ -250,9 +250,7 @@ def main() -> int:
                         lun_size=LUN_SIZE, pr_calls=PR_CALLS,
                         ours_sync="always (fdatasync per WRITE; no CLI switch for on-flush)",
                         tgt_backing_store="rdwr (no sync)")
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

@@ -286,9 +286,7 @@ def coordinate() -> int:
         Check("every event applied on every other host", 2 * EVENTS - len(others), 1, " lost"),
         Check("event -> other hosts, max", Stats.of(others).max, 1000.0, " ms"),
     ]
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 def main() -> int:

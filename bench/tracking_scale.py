@@ -220,9 +220,7 @@ def main() -> int:
         Check("convergence, 500 migrations, events", ev_s, 1.0, " s"),
         Check("convergence, 500 migrations, announcements", ann_s, 1.0, " s"),
     ]
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":

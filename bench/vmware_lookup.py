@@ -189,9 +189,7 @@ def main() -> int:
                                         by_size["2000"] / by_size["12"], LIMIT, "x"))
     summary.data.update(results=results, rounds=ROUNDS, warmup=WARMUP, target_vm=TARGET_VM,
                         statistic="median seconds per whole process")
-    summary.print()
-    print(f"results: {summary.write()}")
-    return 0 if summary.ok else 1
+    return summary.finish()
 
 
 if __name__ == "__main__":
