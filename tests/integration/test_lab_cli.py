@@ -56,10 +56,20 @@ def test_up_status_down_from_separate_invocations(tmp_path: Path) -> None:
         assert all("online" in r and " on " in r and "registered" in r
                    for r in rows.values()), status.stdout
         assert "(DC)" in status.stdout and "3 registration(s)" in status.stdout
+        assert "power link" in status.stdout and "running (pid" in status.stdout, status.stdout
 
         recorded = json.loads((state / STATE_FILE).read_text())
         holders = [n["holder"] for n in recorded["cluster"]["nodes"].values()]
-        daemons = [h["pid"] for h in recorded["hosts"].values()] + [recorded["target"]["pid"]]
+        daemons = [h["pid"] for h in recorded["hosts"].values()] + [recorded["target"]["pid"],
+                                                                  recorded["powerlink"]["pid"]]
+        assert all(running(pid) for pid in daemons)
+        for host in recorded["hosts"].values():  # each host daemon its own admin socket
+            answer = subprocess.run([venv_tool("guestfence"), "status", "--json", "--socket",
+                                     host["admin_socket"]], capture_output=True, text=True,
+                                    timeout=60, stdin=subprocess.DEVNULL)
+            assert answer.returncode == 0, answer.stderr
+            guests = {g["name"]: g["state"] for g in json.loads(answer.stdout)["guests"]}
+            assert guests == dict.fromkeys(host["guests"], "running"), guests
         down = lab_cli("down", "--state-dir", str(state))
         assert down.returncode == 0, down.stdout + down.stderr
         assert not [n for n in list_namespaces() if n.startswith(prefix)]

@@ -5,7 +5,9 @@ nodes, guestfenced on two test-driver hosts, our iSCSI target.  Pacemaker's
 own tools drive everything; the assertions look at real state: the guest's
 power as its host daemon reports it (and the daemon's request log: our
 fence_xvm was really called by the cluster), the LUN's registrations (PR IN
-READ KEYS) and the SCSI status of the fenced node's writes.
+READ KEYS), the SCSI status of the fenced node's writes, and the corosync
+membership the survivors see: the lab's power link kills a node's stack when
+its guest goes off and boots it when the guest comes on again.
 
 Each test leaves the cluster whole again (node3 back, unfenced) for the next.
 """
@@ -63,6 +65,33 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0,
         time.sleep(0.2)
 
 
+def powered_off_and_gone(lab: GuestLab, link_actions_before: int) -> None:
+    """node3's guest is off, so node3 runs nothing any more (the power link killed its
+    stack: no pacemaker left, nothing that could still write) and the survivors'
+    corosync no longer counts it."""
+    assert lab.cluster is not None
+    victim = lab.cluster.node(VICTIM)
+    wait_until("node3's stack gone with its power", lambda: not victim.stack_pids(), 30, lab)
+    assert any("power cut" in x for x in lab.power_link_actions(VICTIM)[link_actions_before:]
+               ), lab.power_link_log.read_text()
+    cluster = lab.cluster
+    wait_until("the survivors' corosync without node3", lambda: all(
+        cluster.node(s).corosync_members() == {cluster.node(n).nodeid for n in SURVIVORS}
+        for s in SURVIVORS), 30, lab)
+
+
+def back_in_the_cluster(lab: GuestLab, link_actions_before: int) -> None:
+    """After power on: node3 booted (by the power link) and every node is a member."""
+    assert lab.cluster is not None
+    assert lab.guest_power(VICTIM) == "on"
+    assert any("power on" in x for x in lab.power_link_actions(VICTIM)[link_actions_before:]
+               ), lab.power_link_log.read_text()
+    for node in lab.cluster.nodes():
+        assert node.corosync_members() == {1, 2, 3}, node
+    online, _, _ = lab.cluster.node("node1").pacemaker_view()
+    assert online == {"node1", "node2", "node3"}
+
+
 def survivors_keep_running(lab: GuestLab) -> None:
     assert lab.cluster is not None
     lab.cluster.wait_membership(SURVIVORS, 60)  # quorum (2 of 3) and a DC among them
@@ -118,6 +147,7 @@ def test_every_node_unfenced_itself(lab: GuestLab) -> None:
 
 def test_stonith_admin_fences_through_fence_xvm(lab: GuestLab) -> None:
     before = len(lab.host_requests("host2"))
+    actions = len(lab.power_link_actions(VICTIM))
     started = time.monotonic()
     rc, out = admin(lab, "--fence", VICTIM, "--timeout", "60")
     took = time.monotonic() - started
@@ -131,10 +161,11 @@ def test_stonith_admin_fences_through_fence_xvm(lab: GuestLab) -> None:
     assert requester.group(1) in {lab.state["addresses"][n] for n in ("node1", "node2")}
     last = fence_events(lab, VICTIM)[0]
     assert (last["action"], last["status"]) == ("off", "success"), last
+    powered_off_and_gone(lab, actions)
     survivors_keep_running(lab)
     print(f"stonith_admin --fence {VICTIM}: {took:.2f} s")
     lab.restart_guest(VICTIM)
-    assert lab.guest_power(VICTIM) == "on"
+    back_in_the_cluster(lab, actions)
 
 
 def completed_since(event: dict[str, str], since: float) -> bool:
@@ -149,6 +180,7 @@ def no_pending(lab: GuestLab) -> bool:
 def test_a_crashed_node_is_fenced_by_the_cluster(lab: GuestLab) -> None:
     assert lab.cluster is not None
     before = len(lab.host_requests("host2"))
+    actions = len(lab.power_link_actions(VICTIM))
     crashed = time.time()
     lab.cluster.node(VICTIM).kill_corosync()
 
@@ -162,12 +194,42 @@ def test_a_crashed_node_is_fenced_by_the_cluster(lab: GuestLab) -> None:
     assert lab.guest_power(VICTIM) == "off"  # stonith-action=off: the guest stays off
     assert any(f"target={VICTIM} action=off " in x and "outcome=success" in x
                for x in lab.host_requests("host2")[before:])
+    powered_off_and_gone(lab, actions)
     survivors_keep_running(lab)
     lab.restart_guest(VICTIM)
+    back_in_the_cluster(lab, actions)
+
+
+def test_a_guest_switched_off_on_its_host_leaves_and_boots_with_its_power(lab: GuestLab
+                                                                         ) -> None:
+    """Power off at the host, outside pacemaker: the node dies with its guest, the
+    cluster sees it lost and fences it (off again: success); power on alone brings it
+    back (the power link boots it) and it is unfenced again."""
+    assert lab.cluster is not None
+    actions = len(lab.power_link_actions(VICTIM))
+    cut = time.time()
+    lab.power_off(VICTIM)
+    powered_off_and_gone(lab, actions)
+    wait_until("the cluster fencing the lost node", lambda: [
+        e for e in fence_events(lab, VICTIM) if e["action"] == "off"
+        and e["status"] == "success" and e["client"].startswith("pacemaker-controld")
+        and completed_since(e, cut)], 90, lab)
+    survivors_keep_running(lab)
+    wait_until("no pending fencing of the victim", lambda: no_pending(lab), 90, lab)
+
+    lab.power_on(VICTIM)
+    lab.cluster.wait_membership(("node1", "node2", "node3"), 90)
+    wait_until("node3 unfenced after its boot", lambda: any(
+        e["action"] == "on" and e["status"] == "success" and completed_since(e, cut)
+        for e in fence_events(lab, VICTIM)), 90, lab)
+    back_in_the_cluster(lab, actions)
+    wait_until("node3's key on the LUN again", lambda: node_key(VICTIM) in lab.lun_keys(),
+               60, lab)
 
 
 def test_level_two_fence_scsi_when_the_host_daemon_is_down(lab: GuestLab) -> None:
     lab.stop_host_daemon("host2")
+    actions = len(lab.power_link_actions(VICTIM))
     rc, out = admin(lab, "--fence", VICTIM, "--timeout", "90")
     assert rc == 0, out
     keys = lab.lun_keys()
@@ -176,6 +238,9 @@ def test_level_two_fence_scsi_when_the_host_daemon_is_down(lab: GuestLab) -> Non
     assert lab.write_as_node(VICTIM) == "RESERVATION_CONFLICT"
     assert lab.write_as_node("node1") == "GOOD"
     assert lab.guest_power(VICTIM) == "unknown"  # nobody claims it is off
+    # so the power link did nothing to node3: unknown power is not a power cut
+    assert lab.power_link_actions(VICTIM)[actions:] == []
+    assert lab.cluster is not None and lab.cluster.node(VICTIM).holder_pid is not None
     events = fence_events(lab, VICTIM)
     assert any(e["status"] == "success" and e["client"].startswith("stonith_admin")
                and e["action"] == "off" for e in events), events

@@ -8,6 +8,7 @@ is gone, not only the daemon's answer.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,8 +62,16 @@ def test_pacemaker_fences_a_real_qemu_guest(qemu_lab: GuestLab) -> None:
     assert any("target=node3 action=off " in x and "outcome=success" in x
                for x in lab.host_requests("host2"))
     assert qemu_running("node1") and qemu_running("node2")  # only the victim
+    # the power link saw the qemu guest go off: node3's stack died with it
+    deadline = time.monotonic() + 30
+    while lab.cluster.node("node3").stack_pids():
+        assert time.monotonic() < deadline, "node3's stack outlived its qemu guest"
+        time.sleep(0.2)
+    assert any("power cut" in x for x in lab.power_link_actions("node3"))
 
     lab.restart_guest("node3")
     assert lab.guest_power("node3") == "on" and qemu_running("node3")
+    assert any("power on" in x for x in lab.power_link_actions("node3"))  # booted by the link
+    assert lab.cluster.node("node1").corosync_members() == {1, 2, 3}
     lab.down()
     assert not any(qemu_running(g) for g in ("node1", "node2", "node3"))

@@ -128,6 +128,10 @@ def show_status(lab: GuestLab, console: Console) -> None:
         hosts.add_row(host, lab.state["addresses"][host],
                       f"pid {pid}" if alive else "[red]stopped[/]", ", ".join(HOSTS[host]))
     console.print(hosts)
+    link = lab.power_link_state()
+    console.print(f"power link (a node's stack dies when its guest goes off, boots when it "
+                  f"comes on): {'[green]' if link.startswith('running') else '[red]'}{link}[/]"
+                  f", log {lab.power_link_log}")
     console.print(f"shared LUN {lab.lun_url}: {len(keys)} registration(s) "
                   f"{', '.join(hex(k) for k in keys) or '-'}")
     example = lab.cluster.node(NODES[0]).exec_argv(["stonith_admin", "--fence", NODES[-1]])

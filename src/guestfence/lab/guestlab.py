@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from guestfence.keygen import write_key
-from guestfence.lab import guestcib
+from guestfence.lab import guestcib, powerlink
 from guestfence.lab.cluster import Cluster, missing_tools
 from guestfence.lab.guestview import (
     CLUSTER_NAME,
@@ -121,6 +121,7 @@ class GuestLab(LabView):
             self._start_cluster(start_timeout)
             self._load_cib()
             self._wait_unfenced(start_timeout)
+            self._start_power_link()
         except BaseException:
             self._say("failed; tearing down what was built")
             self.down()
@@ -168,9 +169,10 @@ class GuestLab(LabView):
             conf.write_text(daemon_config_text(str(self.key_file), [uri], interface="eth0"))
         log = work / "guestfenced.log"
         mark = log.stat().st_size if log.exists() else 0
+        admin = work / "admin.sock"  # its own: the power link and 'guestfence status' use it
         proc = self._spawn(host, [sys.executable, "-m", "guestfence.host.main", "-F", "-f",
-                                  str(conf), "-p", str(work / "guestfenced.pid"), "-d", "1"],
-                           log)
+                                  str(conf), "-p", str(work / "guestfenced.pid"), "-d", "1",
+                                  "--admin-socket", str(admin)], log)
         deadline = time.monotonic() + timeout
         while READY_LINE not in log.read_text(errors="replace")[mark:]:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -178,7 +180,7 @@ class GuestLab(LabView):
                 raise LabError(f"guestfenced of {host} did not become ready; log {log}:\n{tail}")
             time.sleep(0.05)
         self.state["hosts"][host] = {"pid": proc.pid, "guests": list(HOSTS[host]),
-                                     "log": str(log)}
+                                     "log": str(log), "admin_socket": str(admin)}
         self._save()
 
     def _start_qemu_host(self, host: str, guests: list[Guest], timeout: float = 120.0) -> str:
@@ -248,6 +250,22 @@ class GuestLab(LabView):
         self._say(f"cluster {CLUSTER_NAME}: {', '.join(NODES)} online, DC elected "
                   "(corosync 3 + pacemaker, our agents in the nodes' /usr/sbin)")
 
+    def _start_power_link(self, timeout: float = 30.0) -> None:
+        """The watcher that cuts a node's stack when its guest goes off and boots it when
+        the guest comes on (:mod:`guestfence.lab.powerlink`); waits for its first view."""
+        proc = powerlink.start(self.state_dir)
+        self._children.append(proc)
+        self.state["powerlink"] = {"pid": proc.pid, "start_time": powerlink.start_time(proc.pid),
+                                   "log": str(self.state_dir / powerlink.LOG_FILE)}
+        self._save()
+        deadline = time.monotonic() + timeout
+        while set(powerlink.read_view(self.state_dir).get("known", {})) != set(NODES):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the power link did not start; log {self.power_link_log}")
+            time.sleep(0.05)
+        self._say("power link: a node's stack is killed when its guest goes off, started "
+                  "when it comes on")
+
     def _load_cib(self) -> None:
         node = self.node_with_stack()
         for section, xml in (
@@ -307,6 +325,8 @@ class GuestLab(LabView):
     def down(self) -> None:
         """Stop everything the lab started and remove its namespaces and files; idempotent."""
         errors = []
+        if not powerlink.stop(self.state.get("powerlink", {})):  # first: no reactions now
+            errors.append(f"the power link {self.state['powerlink']['pid']} survived")
         for host, info in self.state.get("qemu_hosts", {}).items():
             if not _terminate(info.get("pid")):
                 errors.append(f"{host}: the libvirtd/QEMU process {info['pid']} survived")
@@ -332,24 +352,31 @@ class GuestLab(LabView):
         (``--state-dir`` may name a directory that holds other things)."""
         for name in (*HOSTS, STORAGE, "cluster"):
             shutil.rmtree(self.state_dir / name, ignore_errors=True)
-        for name in (STATE_FILE, f"{STATE_FILE}.tmp", self.key_file.name):
+        for name in (STATE_FILE, f"{STATE_FILE}.tmp", self.key_file.name, powerlink.LOG_FILE,
+                     powerlink.VIEW_FILE, f"{powerlink.VIEW_FILE}.tmp"):
             (self.state_dir / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()
 
     def restart_guest(self, node: str, timeout: float = 90.0) -> None:
-        """Bring a fenced node back: its host daemon running, the guest on, its stack
-        started, unfenced again (key on the LUN) and every node online."""
+        """Bring a fenced node back: its host daemon running, the guest powered on (the
+        power link boots the node), unfenced again (key on the LUN) and every node online.
+
+        A guest that is on already (its host daemon was down while the storage fenced
+        it) makes no power transition the link would act on: it is rebooted here."""
         host = self.host_of(node)
         pid = self.state["hosts"][host].get("pid")
         if pid is None or not Path(f"/proc/{pid}").exists():
             self.start_host_daemon(host)
         assert self.cluster is not None
-        self.cluster.node(node).kill_stack()  # a guest that was off runs nothing
-        if self.guest_power(node) != "on":
-            self.power_on(node)
+        power = self.wait_power_link_sees(node, timeout)
         since = time.time()
-        self.cluster.restart_node(node, timeout)
+        if power == "on":
+            self.cluster.node(node).kill_stack()
+            self.cluster.node(node).start_stack()
+        else:
+            self.power_on(node)  # the power link starts its stack: never both
+        self.wait_booted(node, timeout)
         # a fenced node is unfenced again when it rejoins: wait for that to have happened
         # (its key may still be on the LUN from before, so the keys alone do not tell)
         deadline = time.monotonic() + timeout

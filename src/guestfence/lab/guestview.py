@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from guestfence.lab import powerlink
 from guestfence.lab.cluster import Cluster, ClusterNode
 from guestfence.lab.netns import LabError, Namespace
 from guestfence.lab.ourdaemon import venv_tool
@@ -123,11 +125,65 @@ class LabView:
         return [GuestState(n, self.host_of(n), self.guest_power(n)) for n in NODES]
 
     def power_on(self, node: str) -> None:
+        self._power(node, "on")
+
+    def power_off(self, node: str) -> None:
+        """Switch the guest off on its host, as its administrator would (not a fence
+        the cluster knows of)."""
+        self._power(node, "off")
+
+    def _power(self, node: str, action: str) -> None:
         done = self.namespace(STORAGE).run(
-            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", "on", "-H", node],
+            [venv_tool("fence_xvm"), "-k", str(self.key_file), "-o", action, "-H", node],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise LabError(f"power on {node} failed: {done.stdout}{done.stderr}")
+            raise LabError(f"power {action} {node} failed: {done.stdout}{done.stderr}")
+
+    @property
+    def power_link_log(self) -> Path:
+        return self.state_dir / powerlink.LOG_FILE
+
+    def power_link_view(self) -> dict[str, Any]:
+        """The power link's last view: ``known`` power per guest, hosts ``answering``."""
+        return powerlink.read_view(self.state_dir)
+
+    def power_link_state(self) -> str:
+        """``running (pid N)`` or ``stopped`` (never started, died, or a reused pid)."""
+        info = self.state.get("powerlink", {})
+        return f"running (pid {info['pid']})" if powerlink.is_running(info) else "stopped"
+
+    def power_link_actions(self, node: str) -> list[str]:
+        """The power link's log lines about what it did to ``node`` (kills, boots)."""
+        try:
+            lines = self.power_link_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [x for x in lines if f"powerlink: {node}: " in x
+                and ("power cut" in x or "power on" in x)]
+
+    def wait_power_link_sees(self, node: str, timeout: float) -> str:
+        """The guest's power once the power link's view agrees with its host daemon."""
+        deadline = time.monotonic() + timeout
+        while True:
+            power = self.guest_power(node)
+            if power != "unknown" and self.power_link_view().get("known", {}).get(node) == power:
+                return power
+            if time.monotonic() > deadline:
+                raise LabError(f"the power link does not see {node}'s guest {power} "
+                               f"({self.power_link_state()}); log {self.power_link_log}")
+            time.sleep(0.1)
+
+    def wait_booted(self, node: str, timeout: float) -> None:
+        """Wait until ``node`` runs pacemaker and every running node sees it as a member."""
+        assert self.cluster is not None
+        deadline = time.monotonic() + timeout
+        while not self.cluster.node(node).stack_pids("pacemakerd"):
+            if time.monotonic() > deadline:
+                raise LabError(f"{node} did not boot ({self.power_link_state()}); log "
+                               f"{self.power_link_log}")
+            time.sleep(0.1)
+        running = [n.name for n in self.cluster.nodes() if n.corosync_running()]
+        self.cluster.wait_membership(running, max(1.0, deadline - time.monotonic()))
 
     def host_requests(self, host: str) -> list[str]:
         """The request log lines of a host's guestfenced (one per request it served)."""
