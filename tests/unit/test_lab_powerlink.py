@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from guestfence.lab import powerlink
@@ -101,3 +103,28 @@ def test_a_recorded_watcher_is_stopped_only_if_it_is_the_same_process() -> None:
         sleeper.kill()
         sleeper.wait()
     assert not powerlink.is_running({"pid": os.getpid(), "start_time": None})
+
+
+def test_the_watcher_does_not_outlive_its_lab(tmp_path: Path) -> None:
+    """Its lab's state file removed (the lab is gone), the watcher exits by itself."""
+    (tmp_path / powerlink.STATE_FILE).write_text(json.dumps({
+        "cluster": {"scratch": str(tmp_path / "cluster"), "pacemaker": True,
+                    "nodes": {"node3": {"nodeid": 3, "namespace": "gft-unit-absent",
+                                        "address": "10.0.0.3", "holder": None}}},
+        "hosts": {"host2": {"admin_socket": str(tmp_path / "absent.sock"),
+                            "guests": ["node3"]}}}))
+    watcher = powerlink.start(tmp_path)
+    try:
+        log = tmp_path / powerlink.LOG_FILE
+        deadline = time.monotonic() + 20
+        while "host2: daemon does not answer" not in log.read_text():
+            assert watcher.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert powerlink.read_view(tmp_path)["answering"] == {"host2": False}
+        (tmp_path / powerlink.STATE_FILE).unlink()
+        assert watcher.wait(10) == 0
+        assert log.read_text().rstrip().endswith("powerlink: stopped")
+    finally:
+        watcher.kill()
+        watcher.wait()
