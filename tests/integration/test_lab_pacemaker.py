@@ -223,8 +223,8 @@ def test_a_guest_switched_off_on_its_host_leaves_and_boots_with_its_power(lab: G
         e["action"] == "on" and e["status"] == "success" and completed_since(e, cut)
         for e in fence_events(lab, VICTIM)), 90, lab)
     back_in_the_cluster(lab, actions)
-    wait_until("node3's key on the LUN again", lambda: node_key(VICTIM) in lab.lun_keys(),
-               60, lab)
+    lab.wait_unfenced(90)  # every key on the LUN, devices and resource started, none pending
+    assert node_key(VICTIM) in lab.lun_keys()
 
 
 def test_level_two_fence_scsi_when_the_host_daemon_is_down(lab: GuestLab) -> None:

@@ -1,4 +1,5 @@
-"""The lab's power link acts on power transitions only; unknown power is not off."""
+"""The lab's power link acts on power transitions only; unknown power is not off.
+Its detached processes are known by pid and start time, never by a pid alone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from guestfence.lab import powerlink
+from guestfence.lab import detached, powerlink
 from guestfence.lab.netns import LabError
 from guestfence.lab.powerlink import PowerLink, guest_powers
 
@@ -91,18 +92,18 @@ def test_a_missing_daemon_answers_nothing(tmp_path: Path) -> None:
 def test_a_recorded_watcher_is_stopped_only_if_it_is_the_same_process() -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        info = {"pid": sleeper.pid, "start_time": powerlink.start_time(sleeper.pid)}
-        assert powerlink.is_running(info)
+        info = {"pid": sleeper.pid, "start_time": detached.start_time(sleeper.pid)}
+        assert detached.is_running(info)
         reused = {"pid": sleeper.pid, "start_time": -1}  # same pid, another process
-        assert not powerlink.is_running(reused)
-        assert powerlink.stop(reused)  # nothing to stop: it is not the watcher
+        assert not detached.is_running(reused)
+        assert detached.stop(reused)  # nothing to stop: it is not the watcher
         assert sleeper.poll() is None
-        assert powerlink.stop(info, timeout=5)
+        assert detached.stop(info, timeout=5)
         assert sleeper.wait(5) == -15
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not powerlink.is_running({"pid": os.getpid(), "start_time": None})
+    assert not detached.is_running({"pid": os.getpid(), "start_time": None})
 
 
 def test_the_watcher_does_not_outlive_its_lab(tmp_path: Path) -> None:
@@ -128,3 +129,11 @@ def test_the_watcher_does_not_outlive_its_lab(tmp_path: Path) -> None:
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_a_process_recorded_after_it_ended_is_never_running() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    info = detached.record(gone.pid)
+    assert info["start_time"] is None and not detached.is_running(info)
+    assert detached.stop(info)

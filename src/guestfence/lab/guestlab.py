@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from guestfence.keygen import write_key
-from guestfence.lab import guestcib, powerlink
+from guestfence.lab import detached, guestcib, powerlink
 from guestfence.lab.cluster import Cluster, missing_tools
 from guestfence.lab.guestview import (
     CLUSTER_NAME,
@@ -120,7 +120,7 @@ class GuestLab(LabView):
             self._start_storage()
             self._start_cluster(start_timeout)
             self._load_cib()
-            self._wait_unfenced(start_timeout)
+            self.wait_unfenced(start_timeout)
             self._start_power_link()
         except BaseException:
             self._say("failed; tearing down what was built")
@@ -196,7 +196,7 @@ class GuestLab(LabView):
                  *(f"{g.name}={g.uuid}" for g in guests)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         self._children.append(proc)
-        self.state["qemu_hosts"][host] = {"pid": proc.pid}
+        self.state["qemu_hosts"][host] = detached.record(proc.pid)
         self._save()
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -243,7 +243,10 @@ class GuestLab(LabView):
         self.cluster = Cluster(self.state_dir / "cluster", nodes, cluster_name=CLUSTER_NAME,
                                start_timeout=timeout, agents=agent_sources(),
                                addresses={n: self.state["addresses"][n] for n in NODES},
-                               crm_config={"dc-deadtime": "2s", "stonith-action": "off"})
+                               crm_config={"dc-deadtime": "2s", "stonith-action": "off",
+                                           # a fencing request stuck on a node that left
+                                           # fails in 30 s, not 60 (see decisions.md)
+                                           "stonith-timeout": "30s"})
         self._save()
         self.cluster.start()
         self._save()
@@ -255,8 +258,7 @@ class GuestLab(LabView):
         the guest comes on (:mod:`guestfence.lab.powerlink`); waits for its first view."""
         proc = powerlink.start(self.state_dir)
         self._children.append(proc)
-        self.state["powerlink"] = {"pid": proc.pid, "start_time": powerlink.start_time(proc.pid),
-                                   "log": str(self.state_dir / powerlink.LOG_FILE)}
+        self.state["powerlink"] = detached.record(proc.pid)
         self._save()
         deadline = time.monotonic() + timeout
         while set(powerlink.read_view(self.state_dir).get("known", {})) != set(NODES):
@@ -279,7 +281,7 @@ class GuestLab(LabView):
         self._say("CIB: stonith fence-xvm (level 1), fence-scsi provides=unfencing (level 2), "
                   "Dummy resource web")
 
-    def _wait_unfenced(self, timeout: float) -> None:
+    def wait_unfenced(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         want = {node_key(n) for n in NODES}
         while True:
@@ -325,10 +327,10 @@ class GuestLab(LabView):
     def down(self) -> None:
         """Stop everything the lab started and remove its namespaces and files; idempotent."""
         errors = []
-        if not powerlink.stop(self.state.get("powerlink", {})):  # first: no reactions now
+        if not detached.stop(self.state.get("powerlink", {})):  # first: no reactions now
             errors.append(f"the power link {self.state['powerlink']['pid']} survived")
         for host, info in self.state.get("qemu_hosts", {}).items():
-            if not _terminate(info.get("pid")):
+            if not detached.stop(info, timeout=30):  # it destroys its guests: give it time
                 errors.append(f"{host}: the libvirtd/QEMU process {info['pid']} survived")
         if self.cluster is not None:
             try:
@@ -386,7 +388,7 @@ class GuestLab(LabView):
                 raise LabError(f"{node} was not unfenced after rejoining: "
                                f"{self.fence_history(node)}")
             time.sleep(0.3)
-        self._wait_unfenced(timeout)
+        self.wait_unfenced(timeout)
 
     def stop_host_daemon(self, host: str) -> None:
         pid = int(self.state["hosts"][host]["pid"])
@@ -397,37 +399,6 @@ class GuestLab(LabView):
                 proc.wait(10)
         self.state["hosts"][host]["pid"] = None
         self._save()
-
-def _terminate(pid: object, timeout: float = 30.0) -> bool:
-    """SIGTERM ``pid`` (a qemuhost process the lab started, perhaps from another
-    invocation), then SIGKILL after ``timeout``; True once it is gone (a zombie counts)."""
-    if not isinstance(pid, int):
-        return True
-    try:  # a pid read back from lab.json: make sure it is still ours
-        if b"guestfence.lab.qemuhost" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return True
-    except OSError:
-        return True
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-            return not _alive(pid)
-        time.sleep(0.1)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
 
 def check_can_run(qemu: bool = False) -> None:
     """Refuse early, naming what is missing: root, tools, libiscsi (and QEMU if asked)."""

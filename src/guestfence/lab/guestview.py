@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from guestfence.lab import powerlink
+from guestfence.lab import detached, powerlink
 from guestfence.lab.cluster import Cluster, ClusterNode
 from guestfence.lab.netns import LabError, Namespace
 from guestfence.lab.ourdaemon import venv_tool
@@ -150,7 +150,7 @@ class LabView:
     def power_link_state(self) -> str:
         """``running (pid N)`` or ``stopped`` (never started, died, or a reused pid)."""
         info = self.state.get("powerlink", {})
-        return f"running (pid {info['pid']})" if powerlink.is_running(info) else "stopped"
+        return f"running (pid {info['pid']})" if detached.is_running(info) else "stopped"
 
     def power_link_actions(self, node: str) -> list[str]:
         """The power link's log lines about what it did to ``node`` (kills, boots)."""

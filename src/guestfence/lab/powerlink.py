@@ -161,28 +161,12 @@ def serve(state_dir: Path) -> int:
 # ---------------------------------------------------------------- the detached process
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot): with the pid, its identity."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 def start(state_dir: Path) -> subprocess.Popen[bytes]:
     """Start the watcher for the lab in ``state_dir``, detached (its own session)."""
     with open(state_dir / LOG_FILE, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", MODULE, str(state_dir)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
-
-
-def is_running(info: Mapping[str, Any]) -> bool:
-    """The watcher recorded as ``{"pid", "start_time"}`` still runs (not a reused pid)."""
-    pid = info.get("pid")
-    return isinstance(pid, int) and start_time(pid) == info.get("start_time")
 
 
 def read_view(state_dir: Path) -> dict[str, Any]:
@@ -192,26 +176,6 @@ def read_view(state_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return view
-
-
-def stop(info: Mapping[str, Any], timeout: float = 10.0) -> bool:
-    """SIGTERM the recorded watcher, SIGKILL after ``timeout``; True once it is gone."""
-    if not is_running(info):
-        return True
-    pid = int(info["pid"])
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + timeout
-        while is_running(info):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        else:
-            return True
-    return not is_running(info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

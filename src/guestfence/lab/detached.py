@@ -1,0 +1,54 @@
+"""Detached lab processes, found again from a state file by pid and start time.
+
+``guestfence lab up`` exits while some of its processes (a host's libvirtd +
+QEMU parent, the power link) live on; ``status`` and ``down`` may run much
+later, when a recorded pid may belong to someone else.  A pid together with
+the process's start time (clock ticks since boot, /proc/PID/stat) names one
+process for the machine's whole uptime, so nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def start_time(pid: int) -> int | None:
+    """The running process's start time; None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def record(pid: int) -> dict[str, Any]:
+    """What to write to the state file to find process ``pid`` again."""
+    return {"pid": pid, "start_time": start_time(pid)}
+
+
+def is_running(info: Mapping[str, Any]) -> bool:
+    """The process recorded as ``{"pid", "start_time"}`` still runs (not a reused pid)."""
+    pid, started = info.get("pid"), info.get("start_time")
+    return isinstance(pid, int) and started is not None and start_time(pid) == started
+
+
+def stop(info: Mapping[str, Any], timeout: float = 10.0) -> bool:
+    """SIGTERM the recorded process, SIGKILL after ``timeout``; True once it is gone
+    (a process that is not the recorded one is left alone)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not is_running(info):
+            return True
+        try:
+            os.kill(int(info["pid"]), sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout
+        while is_running(info) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return not is_running(info)
