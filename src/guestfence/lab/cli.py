@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Build (up), show (status) or remove (down) a guest cluster in a box: "
         "three pacemaker nodes, two hypervisor hosts running guestfenced on libvirt's test "
         "driver, and our iSCSI target with a shared LUN, each in its own network namespace. "
-        "The CIB fences with our fence_xvm (level 1) and fence_scsi (level 2). Needs root, "
+        "The CIB fences with our fence_xvm (level 1) and fence_scsi (level 2). A power link "
+        "kills a node's corosync and pacemaker when its guest goes off and starts them when "
+        "it comes on. Needs root, "
         "corosync, pacemaker and pacemaker-cli-utils. Try: guestfence lab up; then inside "
         "a node: nsenter ... stonith_admin --fence node3 (status prints the command).",
     )
