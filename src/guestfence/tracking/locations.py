@@ -635,6 +635,13 @@ class StaticMap:
             hosts |= self._hosts_of.get(self._key(uuid), set())
         return hosts
 
+    def mapped_for(self, target: str, decision: Decision) -> set[str]:
+        """The hosts the map gives ``target``, asked for by the decision's name and UUID
+        (when it names a guest) and by ``target`` as written."""
+        if isinstance(decision, Owner | Migrating | OwnerGone):
+            return self.mapped_hosts(decision.name, decision.uuid) | self.mapped_hosts(target)
+        return self.mapped_hosts(target)
+
     def check(self, table: LocationTable) -> list[Violation]:
         """Guests present where the map does not put them, migrations, double entries."""
         out: list[Violation] = []
@@ -678,9 +685,7 @@ class StaticMap:
         d = table.owner(target)
         if isinstance(d, Unknown):
             return d
-        uuid = d.uuid if isinstance(d, Owner | Migrating | OwnerGone) else None
-        name = d.name if isinstance(d, Owner | Migrating | OwnerGone) else target
-        mapped = self.mapped_hosts(name, uuid) | self.mapped_hosts(target)
+        mapped = self.mapped_for(target, d)
         if isinstance(d, Owner) and mapped == {d.host}:
             return d
         seen: set[str] = set(mapped)

@@ -173,18 +173,13 @@ class StaticTracker:
         """One daemon answers per guest: the host the map gives it (execute when the guest
         is here as the map says, else fail); for a guest in no map, the host running it
         (fail). Every other daemon stays silent."""
-        mapped = self._mapped(target, decision)
+        mapped = self.map.mapped_for(target, decision)
         if self.me in mapped:
             ours = isinstance(decision, Owner) and decision.host == self.me
             return "execute" if ours and self.me in members else "answer"
         if not mapped and isinstance(decision, Ambiguous) and self.me in decision.hosts:
             return "answer"
         return "silent"
-
-    def _mapped(self, target: str, decision: Decision) -> set[str]:
-        uuid = getattr(decision, "uuid", None)
-        name = getattr(decision, "name", target)
-        return self.map.mapped_hosts(name, uuid) | self.map.mapped_hosts(target)
 
     def snapshot(self) -> TrackingSnapshot:
         with self._lock:
