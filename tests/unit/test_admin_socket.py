@@ -191,7 +191,7 @@ def test_the_client_explains_a_missing_daemon(tmp_path: Path) -> None:
 
 
 def facts() -> DaemonFacts:
-    return DaemonFacts(config_path="/etc/fence_virt.conf", key_file="/etc/cluster/k.key",
+    return DaemonFacts(config_path="/etc/fence_virt.conf",
                        listeners=[{"type": "tcp", "address": "127.0.0.1", "port": 1229}])
 
 

@@ -122,10 +122,10 @@ def test_status_shows_the_keys_the_ring_holds_now(tmp_path: Path) -> None:
     sources = [KeySource(None, key_file, f"{key_file}.next", None)]
     svc = FenceService(Backend(), AccessMap([]), key, HashType.SHA256, HashType.SHA256)
     svc.keyring = KeyRing.load(sources, strict=True)
-    assert [k["state"] for k in describe_keys(svc, key_file)] == ["current"]
+    assert [k["state"] for k in describe_keys(svc)] == ["current"]
     (tmp_path / "fence_xvm.key").chmod(0o644)  # failed closed at the next reload
     svc.keyring = KeyRing.load(sources, strict=False)
-    assert describe_keys(svc, key_file) == [], "status still shows a key that stopped working"
+    assert describe_keys(svc) == [], "status still shows a key that stopped working"
 
 
 def test_a_known_requester_keeps_its_place_through_a_rotation(tmp_path: Path) -> None:

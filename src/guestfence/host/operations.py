@@ -43,7 +43,6 @@ async def start_operations(config: Config, service: FenceService) -> Operations:
     facts = DaemonFacts(
         config_path=config.path,
         listeners=[describe_listener(config.listener)],
-        key_file=getattr(config.listener, "key_file", None),
         log_format=config.log_format,
     )
     metrics = None

@@ -38,7 +38,6 @@ class DaemonFacts:
 
     config_path: str
     listeners: list[dict[str, Any]]
-    key_file: str | None = None
     admin_socket: str | None = None
     metrics_url: str | None = None
     log_format: str = "text"
@@ -66,7 +65,7 @@ def state_name(state: int) -> str:
     return DOMAIN_STATES[state] if 0 <= state < len(DOMAIN_STATES) else f"state{state}"
 
 
-def describe_keys(service: FenceService, key_file: str | None) -> list[dict[str, Any]]:
+def describe_keys(service: FenceService) -> list[dict[str, Any]]:
     """Keys by fingerprint and guest cluster, as the key ring holds them now: a key that
     was retired or failed closed at a reload is not shown (the key read at start-up may
     be either)."""
@@ -122,7 +121,7 @@ async def gather_status(service: FenceService, facts: DaemonFacts,
                    "metrics": facts.metrics_url, "log_format": facts.log_format},
         "listeners": listeners,
         "backend": backend,
-        "keys": describe_keys(service, facts.key_file),
+        "keys": describe_keys(service),
         "guests": guests,
         "requests": [r.to_json() for r in service.recent.last(requests)],
         "requests_total": service.recent.total,
