@@ -7,7 +7,7 @@ import os
 import stat
 
 from guestfence.errors import KeyFileError
-from guestfence.virt.wire import KEY_MAX_BYTES
+from guestfence.virt.wire import read_open_key
 
 
 def fingerprint(key: bytes) -> str:
@@ -47,13 +47,7 @@ def load_daemon_key(path: str) -> bytes:
                 f"it. If they may have, make a new one (guestfence keygen {path}); otherwise "
                 f"fix it with: chown {os.geteuid()} {path}"
             )
-        try:
-            key = f.read(KEY_MAX_BYTES)
-        except OSError as e:
-            raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
-    if not key:
-        raise KeyFileError(f"key file {path} is empty; create one with: guestfence keygen {path}")
-    return key
+        return read_open_key(f, path)
 
 
 def successor_path(key_file: str, configured: str | None = None) -> str:

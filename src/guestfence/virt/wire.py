@@ -17,6 +17,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable
+from typing import BinaryIO
 
 from guestfence.errors import AuthError, KeyFileError, ProtocolError
 from guestfence.record import Record
@@ -106,7 +107,16 @@ def read_key(path: str) -> bytes:
     """Read a shared key: the first 4096 bytes of the file, nothing stripped."""
     try:
         with open(path, "rb") as f:
-            key = f.read(KEY_MAX_BYTES)
+            return read_open_key(f, path)
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
+
+
+def read_open_key(f: BinaryIO, path: str) -> bytes:
+    """The key in an open key file (the daemon opens and checks it first): its first
+    4096 bytes, nothing stripped; an empty file is an error."""
+    try:
+        key = f.read(KEY_MAX_BYTES)
     except OSError as e:
         raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
     if not key:
