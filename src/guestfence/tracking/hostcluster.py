@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -407,12 +406,13 @@ def _setting(config: Any, name: str, default: Any) -> Any:
 
 def make_tracker(config: Any) -> CpgTracker:
     """The host-cluster tracker for guestfenced's ``backend = "cpg"`` configuration block."""
+    from guestfence.host.config_modes import short_hostname
     from guestfence.tracking.migration_guard import GuardedLibvirtBackend
 
     uris: Sequence[str] = tuple(_setting(config, "uris", ()))
     if not uris:
         raise ConfigError("backends/cpg needs a 'uri' of the local libvirt")
-    me = str(_setting(config, "host_name", "") or socket.gethostname().split(".")[0])
+    me = str(_setting(config, "host_name", "") or short_hostname())
     group = str(_setting(config, "group", DEFAULT_GROUP))
     executor = GuardedLibvirtBackend(uris, name_mode=_setting(config, "name_mode", "name"),
                                      claim_shut_off=_setting(config, "claim_shut_off", True))
