@@ -36,12 +36,7 @@ def make_tracker(config: BackendConfig, path: str = "fence_virt.conf") -> Tracke
         except ImportError as e:
             raise ConfigError(f"{path}: backend 'cpg' is not available in this build ({e}); "
                               "use backend = \"static\", \"multi-libvirt\" or \"libvirt\"") from e
-        factory = getattr(hostcluster, "make_tracker", None)
-        if factory is None:
-            raise ConfigError(f"{path}: backend 'cpg' is not available yet; use backend = "
-                              "\"static\", \"multi-libvirt\" or \"libvirt\"")
-        tracker: Tracker = factory(config)
-        return tracker
+        return hostcluster.make_tracker(config)
     raise ConfigError(f"{path}: backend {config.name!r} is not a tracked mode "
                       f"({', '.join(TRACKED)})")
 
