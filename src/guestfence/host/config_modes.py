@@ -137,7 +137,7 @@ def tracked_multi_libvirt(b: _Builder, node: Node, block: Node | None) -> Backen
         if same is not None:
             _fail(b.path, entry.line, f"host {entry.name!r} listed twice (first at line "
                   f"{hosts[same][1]})", "each host once")
-        if "://" not in _text(entry) and ":///" not in _text(entry):
+        if "://" not in _text(entry):
             b.bad(entry, f"{where}/hosts", "a libvirt URI such as qemu+tls://host1/system")
         hosts[entry.name] = (_text(entry), entry.line)
     if not hosts:
