@@ -37,22 +37,22 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from guestfence.errors import AuthError, KeyFileError
 from guestfence.host.clusters import ClusterConfig, GuestBinding
 from guestfence.host.keys import fingerprint, load_daemon_key, load_optional_key, successor_path
-from guestfence.virt.wire import DIGEST_FIELD, REQUEST_SIZE, FenceRequest, HashType, parse_request
+from guestfence.virt.wire import (
+    DIGESTS,
+    HASH_OFFSET,
+    FenceRequest,
+    HashType,
+    parse_signed_request,
+    unsigned_block,
+)
 
 log = logging.getLogger("guestfenced")
 
-_HASH_OFFSET = REQUEST_SIZE - DIGEST_FIELD
-_ALGORITHMS: dict[HashType, Callable[[bytes], Any]] = {
-    HashType.SHA1: hashlib.sha1,
-    HashType.SHA256: hashlib.sha256,
-    HashType.SHA512: hashlib.sha512,
-}
-_DIGEST_SIZES = {HashType.SHA1: 20, HashType.SHA256: 32, HashType.SHA512: 64}
+_DIGEST_SIZES = {algorithm: make(b"").digest_size for algorithm, make in DIGESTS.items()}
 HINTS_MAX = 4096  # requesters remembered per cluster with the key that verified for them
 # clusters remembered per requester address: multicast source addresses can be forged,
 # so a guest of another cluster holding a valid key must not be able to make the ring
@@ -80,16 +80,16 @@ class RingKey:
     key: bytes = field(repr=False)  # a repr (a log line, a traceback) names the fingerprint
     fingerprint: str
     binding: GuestBinding | None
-    _prefixes: dict[HashType, Any] = field(default_factory=dict, repr=False)
+    _prefixes: dict[HashType, hashlib._Hash] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for algorithm, make in _ALGORITHMS.items():
+        for algorithm, make in DIGESTS.items():
             self._prefixes[algorithm] = make(self.key)  # the state after hashing the key
 
-    def signs(self, algorithm: HashType, unsigned_block: bytes, digest: bytes) -> bool:
-        """Whether H(key || unsigned_block) is ``digest`` (only the digest's own length)."""
+    def signs(self, algorithm: HashType, unsigned: bytes, digest: bytes) -> bool:
+        """Whether H(key || unsigned) is ``digest`` (only the digest's own length)."""
         h = self._prefixes[algorithm].copy()
-        h.update(unsigned_block)
+        h.update(unsigned)
         return hmac.compare_digest(h.digest(), digest)
 
     @property
@@ -179,20 +179,17 @@ class KeyRing:
         request is too weak or no key signed it. An unsigned request (allowed only with
         hash none and no clusters block) comes back with no key.
         """
-        request = parse_request(block)
-        if request.hash_type < minimum:
-            raise AuthError(f"request signed with {request.hash_type.label}, weaker than the "
-                            f"required {minimum.label}")
+        request = parse_signed_request(block, minimum)
         if request.hash_type is HashType.NONE:
             if self.clustered:
                 raise AuthError("unsigned request, but every cluster has its own key")
             return request, None
         size = _DIGEST_SIZES[request.hash_type]
-        field_bytes = block[_HASH_OFFSET:]
+        field_bytes = block[HASH_OFFSET:]
         if any(field_bytes[size:]):  # the C client pads with zeros; nothing else verifies
             raise AuthError(self._no_match())
         digest = field_bytes[:size]
-        unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
+        unsigned = unsigned_block(block)
         hinted = self._hints.get(hint, ()) if hint is not None else ()
         tried: list[RingKey] = []
         for learnt in hinted:  # its keys first, then their clusters' other key (a rotation)

@@ -86,7 +86,8 @@ class Result(enum.IntEnum):
     HOSTLIST = 253
 
 
-_DIGESTS: dict[HashType, Callable[[bytes], hashlib._Hash]] = {
+# the hash of each signing algorithm (the daemon's key ring keeps their states after a key)
+DIGESTS: dict[HashType, Callable[[bytes], hashlib._Hash]] = {
     HashType.SHA1: hashlib.sha1,
     HashType.SHA256: hashlib.sha256,
     HashType.SHA512: hashlib.sha512,
@@ -100,7 +101,7 @@ def digest_field(hash_type: HashType, key: bytes, data: bytes) -> bytes:
     """
     if hash_type is HashType.NONE:
         return bytes(DIGEST_FIELD)
-    return _DIGESTS[hash_type](key + data).digest().ljust(DIGEST_FIELD, b"\0")
+    return DIGESTS[hash_type](key + data).digest().ljust(DIGEST_FIELD, b"\0")
 
 
 def read_key(path: str) -> bytes:
@@ -130,7 +131,7 @@ def read_open_key(f: BinaryIO, path: str) -> bytes:
 
 REQUEST_FORMAT = struct.Struct("<BBBB64s28sH6sII64s")
 REQUEST_SIZE = REQUEST_FORMAT.size  # 176
-_HASH_OFFSET = REQUEST_SIZE - DIGEST_FIELD  # 112
+HASH_OFFSET = REQUEST_SIZE - DIGEST_FIELD  # 112: where the digest field starts
 assert REQUEST_SIZE == 176
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -220,7 +221,7 @@ class FenceRequest(Record):
     def sign(self, key: bytes) -> bytes:
         """The 176 bytes on the wire, signed with ``key`` (unsigned when hash_type is NONE)."""
         block = self._unsigned_block()
-        return block[:_HASH_OFFSET] + digest_field(self.hash_type, key, block)
+        return block[:HASH_OFFSET] + digest_field(self.hash_type, key, block)
 
     def with_fresh_random(self, rng: Callable[[int], bytes] = os.urandom) -> FenceRequest:
         return self._replace(random=rng(6))
@@ -258,25 +259,39 @@ def parse_request(block: bytes) -> FenceRequest:
     )
 
 
-def verify_request(block: bytes, key: bytes, minimum: HashType) -> FenceRequest:
-    """Decode and authenticate a request as the daemon must.
-
-    A request signed with a weaker algorithm than ``minimum`` is refused, as the C
-    daemon does; the comparison is constant-time (the C daemon uses memcmp).
-    """
+def parse_signed_request(block: bytes, minimum: HashType) -> FenceRequest:
+    """Decode a request, refusing one signed with a weaker algorithm than ``minimum``
+    (as the C daemon does); the signature itself is not checked here."""
     request = parse_request(block)
     if request.hash_type < minimum:
         raise AuthError(
             f"request signed with {request.hash_type.label}, weaker than the required "
             f"{minimum.label}"
         )
+    return request
+
+
+def unsigned_block(block: bytes) -> bytes:
+    """A request block as it was signed: its digest field zeroed."""
+    return block[:HASH_OFFSET] + _NO_DIGEST
+
+
+_NO_DIGEST = bytes(DIGEST_FIELD)
+
+
+def verify_request(block: bytes, key: bytes, minimum: HashType) -> FenceRequest:
+    """Decode and authenticate a request as the daemon must.
+
+    A request signed with a weaker algorithm than ``minimum`` is refused, as the C
+    daemon does; the comparison is constant-time (the C daemon uses memcmp).
+    """
+    request = parse_signed_request(block, minimum)
     if request.hash_type is HashType.NONE:
         return request
     if not key:
         raise AuthError("signed request but no key is loaded")
-    unsigned = block[:_HASH_OFFSET] + bytes(DIGEST_FIELD)
-    expected = digest_field(request.hash_type, key, unsigned)
-    if not hmac.compare_digest(expected, block[_HASH_OFFSET:]):
+    expected = digest_field(request.hash_type, key, unsigned_block(block))
+    if not hmac.compare_digest(expected, block[HASH_OFFSET:]):
         raise AuthError("request signature does not match the key")
     return request
 
