@@ -187,11 +187,15 @@ class TrackedBackend:
 
     # ------------------------------------------------------------ decisions
 
+    @property
+    def _answers_all(self) -> bool:
+        """A multi-libvirt management daemon (no host_name) answers for every host."""
+        return bool(getattr(self.tracker, "answers_all", False))
+
     def _role(self, target: str, decision: Decision, members: list[str]) -> Role:
         if isinstance(self.tracker, RoleDeciding):
             return self.tracker.role_for(target, decision, members)
-        return request_role(self.tracker.me, decision, members,
-                            answers_all=bool(getattr(self.tracker, "answers_all", False)))
+        return request_role(self.tracker.me, decision, members, answers_all=self._answers_all)
 
     def resolve(self, target: str) -> tuple[Decision, Role]:
         """The decision and this daemon's role; asks for fencing confirmation when needed."""
@@ -244,13 +248,16 @@ class TrackedBackend:
     def healthy(self) -> bool:
         """This daemon can answer: its host is a member (or, answering for every host,
         at least one host is reachable)."""
-        return self._can_answer()
+        members = self.tracker.members()
+        if self._answers_all:
+            return bool(members)
+        return self.tracker.me in members
 
     # ------------------------------------------------------------ operations
 
     def execute(self, op: int, target: str) -> int:
         if op == Op.DEVSTATUS:
-            return Result.SUCCESS if self._can_answer() else Result.FAIL
+            return Result.SUCCESS if self.healthy() else Result.FAIL
         if op not in TARGETED_OPS:
             return Result.FAIL
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -286,12 +293,6 @@ class TrackedBackend:
             return False
         return isinstance(decision, Migrating) or (
             isinstance(decision, Owner) and decision.state != SHUTOFF)
-
-    def _can_answer(self) -> bool:
-        members = self.tracker.members()
-        if getattr(self.tracker, "answers_all", False):
-            return bool(members)
-        return self.tracker.me in members
 
     def _act(self, op: int, step: Execute, decision: Decision) -> tuple[int, bool]:
         """Carry out ``op`` on the acting host; (result, whether the guest moved meanwhile)."""
