@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config)
         level = args.debug if args.debug is not None else config.debug
         foreground = args.foreground or config.foreground
-        _key_and_algorithms(config)  # fail before forking: the operator sees the message
+        # fail before forking: the operator sees the message (the listener's key file is
+        # the ring's only source when there is no clusters block)
         load_keyring(config, strict=True)
         check_pidfile(args.pidfile)
         if not (args.wait or config.wait_for_init):
