@@ -99,6 +99,19 @@ RECEIVE_BUFFER = 16 * 1024 * 1024
 PENDING_PER_CLUSTER = 64
 
 
+def _cluster_busy(service: FenceService, handling: Counter[str | None], cluster: str | None,
+                  key: RequestKey, requester: str) -> bool:
+    """Whether ``cluster`` already has PENDING_PER_CLUSTER verified requests being handled;
+    if so the request is dropped (and its history entry closed, so a retransmit may come
+    in)."""
+    if handling[cluster] < PENDING_PER_CLUSTER:
+        return False
+    service.history.finish(key, time.monotonic(), served=False)
+    service.drop("busy", requester, f"{handling[cluster]} requests of "
+                 f"{cluster or 'this key'} are being handled")
+    return True
+
+
 def _enlarge_receive_buffer(sock: socket.socket) -> None:
     try:  # root may exceed net.core.rmem_max
         sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
@@ -191,10 +204,7 @@ class MulticastListener:
             log.debug("duplicate of seqno %d from %s dropped", req.seqno, source)
             return
         cluster = ring_key.cluster if ring_key is not None else None
-        if self._handling[cluster] >= PENDING_PER_CLUSTER:
-            svc.history.finish(key, time.monotonic(), served=False)  # a retransmit may come in
-            svc.drop("busy", source, f"{self._handling[cluster]} requests of "
-                     f"{cluster or 'this key'} are being handled")
+        if _cluster_busy(svc, self._handling, cluster, key, source):
             return
         self._handling[cluster] += 1
         svc.spawn(self._counted(cluster, self._handle(req, ring_key, key, time.monotonic())))
@@ -330,10 +340,7 @@ class StreamListener:
                 svc.metrics["duplicates"] += 1
                 return
             cluster = ring_key.cluster if ring_key is not None else None
-            if self._handling[cluster] >= PENDING_PER_CLUSTER:  # see the multicast listener
-                svc.history.finish(key, time.monotonic(), served=False)
-                svc.drop("busy", requester, f"{self._handling[cluster]} requests of "
-                         f"{cluster or 'this key'} are being handled")
+            if _cluster_busy(svc, self._handling, cluster, key, requester):
                 return
             request = Request(self.kind, requester, req.op, req.domain, req.seqno,
                               **_key_fields(ring_key))
