@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guestfence.lab.clusterconf import seed_cib
+from guestfence.lab.detached import pid_alive
 from guestfence.lab.netns import LabError, Namespace
 
 if TYPE_CHECKING:
@@ -77,18 +78,10 @@ def _kill_and_wait(pids: Collection[int], timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 raise LabError(f"process {pid} survives SIGKILL")
             time.sleep(0.01)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 class ClusterNode:

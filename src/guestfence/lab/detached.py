@@ -17,14 +17,26 @@ from pathlib import Path
 from typing import Any
 
 
-def start_time(pid: int) -> int | None:
-    """The running process's start time; None if it is gone (or a zombie)."""
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state, 1 = ppid,
+    19 = start time), or None if there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a zombie has finished running)."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def start_time(pid: int) -> int | None:
+    """The running process's start time; None if it is gone (or a zombie)."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields is not None and fields[0] not in ("Z", "X") else None
 
 
 def record(pid: int) -> dict[str, Any]:

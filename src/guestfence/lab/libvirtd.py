@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from guestfence.lab.detached import pid_alive, stat_fields
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
@@ -115,28 +116,15 @@ def missing_tools() -> list[str]:
 # -- processes ---------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (index 0 = state), or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a zombie has finished running)."""
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
 def _ppid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if fields else None
 
 
 def _start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+    """Start time of ``pid`` even as a zombie (unlike detached.start_time): a zombie
+    remembered with its start time is never mistaken for a later process reusing it."""
+    fields = stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
