@@ -36,7 +36,6 @@ from guestfence.host.logformat import JsonFormatter, log_fields
 from guestfence.host.recent import RequestRecord
 from guestfence.host.server import FenceService
 from guestfence.lab.netns import Namespace
-from guestfence.lab.ourdaemon import OurDaemon, daemon_config_text
 from guestfence.virt.wire import HashType
 
 NAME = "admin_overhead"
@@ -84,14 +83,6 @@ print(json.dumps({"scrape": scrape, "status": status}))
 """
 
 
-def start(lab: Lab, ns: Namespace, tag: str, extra: list[str]) -> OurDaemon:
-    conf = lab.tmp / f"{tag}.conf"
-    conf.write_text(daemon_config_text(str(lab.key), [lab.uri]))
-    daemon = OurDaemon(conf, namespace=ns, extra_args=extra)
-    lab._stack.callback(daemon.stop)
-    return daemon.start()
-
-
 def client_round(lab: Lab, ns: Namespace) -> list[float]:
     r = ns.run([sys.executable, "-c", CLIENT, str(lab.key), str(PER_ROUND)],
                capture_output=True, text=True, timeout=300)
@@ -135,9 +126,9 @@ def bookkeeping_us(samples: int = 20000) -> dict[str, float]:
 def body(lab: Lab, summary: Summary) -> None:
     ns = {"off": lab.namespace("off"), "on": lab.namespace("on")}
     admin_socket = lab.tmp / "run" / "admin.sock"
-    start(lab, ns["off"], "off", ["--admin-socket", "off"])
-    start(lab, ns["on"], "on", ["--admin-socket", str(admin_socket), "--metrics-port",
-                                str(METRICS_PORT), "--log-format", "json"])
+    lab.start_ours(ns["off"], extra_args=["--admin-socket", "off"])
+    lab.start_ours(ns["on"], extra_args=["--admin-socket", str(admin_socket), "--metrics-port",
+                                         str(METRICS_PORT), "--log-format", "json"])
     poller = ns["on"].popen([sys.executable, "-c", POLLER, str(admin_socket),
                              str(METRICS_PORT), str(POLL_INTERVAL)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

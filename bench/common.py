@@ -84,7 +84,12 @@ class Lab:
 
     def start_daemon(self, impl: Impl, ns: Namespace, debug: int = 0) -> int:
         """Start our daemon or the C one (multicast on ``lo`` of ``ns``); return its pid."""
-        pid = self._start_c(ns) if impl == "c" else self._start_ours(ns, debug)
+        if impl == "c":
+            pid = self._start_c(ns)
+        else:
+            proc = self.start_ours(ns, debug).proc
+            assert proc is not None
+            pid = proc.pid
         self.daemon_pids[ns.name] = pid
         return pid
 
@@ -96,16 +101,17 @@ class Lab:
         assert daemon.pid is not None
         return daemon.pid
 
-    def _start_ours(self, ns: Namespace, debug: int) -> int:
+    def start_ours(self, ns: Namespace, debug: int = 0,
+                   extra_args: Sequence[str] = ()) -> OurDaemon:
+        """Our daemon (multicast on ``lo`` of ``ns``), ``extra_args`` added to its command line."""
         conf = self.tmp / f"ours-{ns.name}.conf"
         conf.write_text(daemon_config_text(str(self.key), [self.uri]))
         conf.chmod(0o600)
-        daemon = OurDaemon(conf, namespace=ns, debug=debug)
+        daemon = OurDaemon(conf, namespace=ns, debug=debug, extra_args=extra_args)
         self._stack.callback(daemon.stop)
         daemon.start()
-        assert daemon.proc is not None
         self.our_daemon = daemon
-        return daemon.proc.pid
+        return daemon
 
     def blackhole(self, ns: Namespace) -> str:
         """An address routed from ``ns`` into a sink namespace whose SYNs are silently dropped.
