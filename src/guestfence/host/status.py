@@ -99,6 +99,11 @@ def _backend_view(backend: Any) -> dict[str, Any]:
     return view
 
 
+def _backend_failed(backend: Any, error: str) -> dict[str, Any]:
+    return {"name": getattr(backend, "name", "?"), "healthy": False, "guests": [],
+            "error": error}
+
+
 async def gather_status(service: FenceService, facts: DaemonFacts,
                         requests: int) -> dict[str, Any]:
     try:
@@ -106,11 +111,10 @@ async def gather_status(service: FenceService, facts: DaemonFacts,
                                          BACKEND_TIMEOUT)
         backend["error"] = None
     except TimeoutError:
-        backend = {"name": getattr(service.backend, "name", "?"), "healthy": False,
-                   "guests": [], "error": f"the backend did not answer in {BACKEND_TIMEOUT:.0f} s"}
+        backend = _backend_failed(service.backend,
+                                  f"the backend did not answer in {BACKEND_TIMEOUT:.0f} s")
     except Exception as e:  # shown to the operator, never raised into the admin socket
-        backend = {"name": getattr(service.backend, "name", "?"), "healthy": False,
-                   "guests": [], "error": f"{type(e).__name__}: {e}"}
+        backend = _backend_failed(service.backend, f"{type(e).__name__}: {e}")
     guests = backend.pop("guests", [])
     active = service.active.by_listener()
     listeners = [dict(d, in_flight=active.get(str(d["type"]), 0)) for d in facts.listeners]
