@@ -146,10 +146,10 @@ class FenceService:
     ) -> None:
         self.backend = backend
         self.access = access
-        self.key = key
         self.auth = auth
         self.min_hash = min_hash
-        # per-cluster keys (host/keyring.py); the daemon swaps in a new ring on key changes
+        # per-cluster keys (host/keyring.py); the daemon swaps in a new ring on key changes,
+        # so the start-up ``key`` is kept only inside this first ring (it may be retired)
         self.keyring = KeyRing.single(key)
         self.cluster_access = ClusterAccess()
         self.history = History()
