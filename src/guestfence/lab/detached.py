@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 
@@ -64,3 +66,15 @@ def stop(info: Mapping[str, Any], timeout: float = 10.0) -> bool:
         while is_running(info) and time.monotonic() < deadline:
             time.sleep(0.05)
     return not is_running(info)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the detached process's main loop waits on it."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop

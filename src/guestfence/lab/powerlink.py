@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from guestfence.errors import TransportError
 from guestfence.host.admin import query
+from guestfence.lab import detached
 from guestfence.lab.netns import LabError
 
 POLL_S = 0.2
@@ -129,13 +127,7 @@ def serve(state_dir: Path) -> int:
     """Run the power link of the lab in ``state_dir`` until SIGTERM or the lab is gone."""
     from guestfence.lab.cluster import Cluster
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    stop = detached.stop_on_signals()
     state = json.loads((state_dir / STATE_FILE).read_text())
     cluster = Cluster.attach(state["cluster"])
     hosts = {h: (str(v["admin_socket"]), list(v["guests"])) for h, v in state["hosts"].items()}

@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
+from guestfence.lab import detached
 from guestfence.lab.libvirtd import LibvirtLab
 from guestfence.lab.netns import LabError, Namespace
 
 
 def serve(scratch: str, namespace: str, ready_file: str, guests: Sequence[str]) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    stop = detached.stop_on_signals()
     lab = LibvirtLab(scratch, Namespace(namespace))
     try:
         lab.start()
