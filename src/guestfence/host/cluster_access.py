@@ -76,10 +76,6 @@ class ClusterAccess:
             return None
         return tag if isinstance(tag, str) else None
 
-    def allows(self, backend: Any, cluster: str | None, target: str) -> bool:
-        """Whether ``cluster`` may act on ``target``. Blocking (backend calls)."""
-        return not self.enabled or self.permitted(backend, cluster, target) is not None
-
     def permitted(self, backend: Any, cluster: str | None, target: str) -> GuestIdentity | None:
         """The guest ``target`` names if ``cluster`` may act on it, else None. The caller
         acts on this guest's UUID, not on ``target`` again: a name looked up twice may
