@@ -46,6 +46,7 @@ from guestfence.tracking.locations import (
     Decision,
     Kind,
     LocationTable,
+    Role,
     acting_host,
     role_of,
 )
@@ -54,7 +55,6 @@ from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot, d
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend
-    from guestfence.host.backends.tracked import Role
 
 log = logging.getLogger("guestfenced")
 
@@ -319,7 +319,7 @@ class CpgTracker:
         """:func:`role_of`, except that the responder for guests nobody live owns must
         be in a quorate partition: a host cut off from the ring stays silent for them
         (it still executes for its own guests)."""
-        role: Role = role_of(self.me, decision, members)  # type: ignore[assignment]
+        role = role_of(self.me, decision, members)
         if role != "answer" or self._quorum is None:
             return role
         why = self._quorum.gate.why_closed()

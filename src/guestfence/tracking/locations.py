@@ -36,6 +36,7 @@ import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Literal
 
 # libvirt virDomainState values (kept here so the core needs no libvirt import).
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
@@ -190,7 +191,11 @@ def responder(decision: Decision, members: Iterable[str]) -> str | None:
     return live[0] if live else None
 
 
-def role_of(me: str, decision: Decision, members: Iterable[str]) -> str:
+Role = Literal["execute", "answer", "silent"]
+"""A daemon's part in one request (see :mod:`guestfence.host.backends.tracked`)."""
+
+
+def role_of(me: str, decision: Decision, members: Iterable[str]) -> Role:
     """``"execute"``, ``"answer"`` (reply without acting) or ``"silent"`` for host ``me``."""
     live = list(members)
     actor = acting_host(decision)

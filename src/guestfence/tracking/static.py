@@ -30,6 +30,7 @@ from guestfence.tracking.locations import (
     Kind,
     LocationTable,
     Owner,
+    Role,
     StaticMap,
     Violation,
     acting_host,
@@ -38,7 +39,6 @@ from guestfence.tracking.tracker import GuestLocation, Mode, TrackingSnapshot, d
 
 if TYPE_CHECKING:
     from guestfence.host.backends.libvirt import LibvirtBackend
-    from guestfence.host.backends.tracked import Role
     from guestfence.host.config import BackendConfig
 
 log = logging.getLogger("guestfenced")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from guestfence.errors import BackendError
 from guestfence.tracking.locations import (
@@ -39,6 +39,7 @@ from guestfence.tracking.locations import (
     Migrating,
     Owner,
     OwnerGone,
+    Role,
     Unknown,
     acting_host,
     role_of,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("guestfenced")
 
-Role = Literal["execute", "answer", "silent"]
 MAX_ATTEMPTS = 3
 TARGETED_OPS = (Op.OFF, Op.ON, Op.REBOOT, Op.STATUS)
 
@@ -105,7 +105,7 @@ def request_role(me: str, decision: Decision, members: list[str], *,
     """This daemon's role: :func:`role_of`, or, for a daemon that answers for every host
     (``answers_all``), execute wherever a live host acts and answer otherwise."""
     if not answers_all:
-        return role_of(me, decision, members)  # type: ignore[return-value]
+        return role_of(me, decision, members)
     actor = acting_host(decision)
     return "execute" if actor is not None and actor in members else "answer"
 
