@@ -56,7 +56,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/guestfence-lab")
 NAMESPACE_PREFIX = "gflab-"
 SUBNET = "10.231.90"
 LUN_SIZE = 64 * 1024 * 1024
-STATE_FILE = "lab.json"
+STATE_FILE = powerlink.STATE_FILE  # one name: the power link reads this file too
 __all__ = ["CLUSTER_NAME", "DEFAULT_STATE_DIR", "HOSTS", "NAMESPACE_PREFIX", "NODES", "STATE_FILE",
            "STORAGE", "GuestLab", "GuestState", "check_can_run", "completed_at", "node_key"]
 _ENTRY = "import sys; from guestfence.cli import main; sys.argv[0] = 'guestfence'; main()"
