@@ -20,7 +20,7 @@ from pathlib import Path
 
 from guestfence.lab.libvirtd import LibvirtLab
 from guestfence.lab.lifecycle import StartStop
-from guestfence.lab.netns import TEST_PREFIX, Lan, build_lan, run_prefix
+from guestfence.lab.netns import TEST_PREFIX, LabError, Lan, build_lan, run_prefix
 from guestfence.lab.ourdaemon import OurDaemon, venv_tool
 
 
@@ -126,6 +126,4 @@ class HostsLab(StartStop):
             self.net.destroy()
             self.net = None
         if errors:
-            from guestfence.lab.netns import LabError
-
             raise LabError("; ".join(errors))
