@@ -37,8 +37,6 @@ MAX_NAME = 256  # libvirt allows longer domain names in theory; none in practice
 MAX_HOST = 255
 MAX_DOMAINS = 20000
 MAX_MESSAGE = 1 << 20  # corosync's max atomic message is 1 047 552 bytes
-_ROLES: dict[str | None, Migration | None] = {None: None, "in": Migration.IN,
-                                              "out": Migration.OUT}
 
 
 @dataclass(frozen=True)
@@ -141,5 +139,6 @@ def _domains(value: object) -> tuple[DomainState, ...]:
             raise ProtocolError(f"domain {i}: state {state!r} is not a libvirt domain state")
         if role is not None and role not in ("in", "out"):
             raise ProtocolError(f"domain {i}: migration {role!r} is not null, 'in' or 'out'")
-        out.append(DomainState(name, _uuid(uuid), state, _ROLES[role]))
+        out.append(DomainState(name, _uuid(uuid), state,
+                               None if role is None else Migration(role)))
     return tuple(out)
