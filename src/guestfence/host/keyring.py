@@ -191,12 +191,12 @@ class KeyRing:
         digest = field_bytes[:size]
         unsigned = unsigned_block(block)
         hinted = self._hints.get(hint, ()) if hint is not None else ()
-        tried: list[RingKey] = []
+        tried: set[int] = set()  # id() of the keys tried (the ring holds them all)
         for learnt in hinted:  # its keys first, then their clusters' other key (a rotation)
             for key in (learnt, *self._by_cluster.get(learnt.cluster, ())):
-                if any(key is t for t in tried):
+                if id(key) in tried:
                     continue
-                tried.append(key)
+                tried.add(id(key))
                 if key.signs(request.hash_type, unsigned, digest):
                     self._remember(hint, key)  # type: ignore[arg-type]
                     return request, key
@@ -204,8 +204,7 @@ class KeyRing:
             raise ScanRefused("not tried against every key: too many datagrams that match "
                               "no key")
         for key in self.keys:  # at most one trial per key: the work per datagram is bounded
-            if all(key is not t for t in tried) and key.signs(request.hash_type, unsigned,
-                                                              digest):
+            if id(key) not in tried and key.signs(request.hash_type, unsigned, digest):
                 if hint is not None:
                     self._remember(hint, key)
                 return request, key
