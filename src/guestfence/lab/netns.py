@@ -161,13 +161,9 @@ class Namespace(StartStop):
         try:
             ipv6 = _have_ipv6()
             if ipv6:
-                argv = ns.exec_argv(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0",
-                                     "net.ipv6.conf.lo.disable_ipv6=0"])
-                proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:  # keep the real cause: it is in stderr
-                    raise LabError(
-                        f"{' '.join(argv)} failed (rc {proc.returncode}): {proc.stderr.strip()}"
-                    )
+                # _ip names the command and keeps the real cause (its stderr)
+                _ip("netns", "exec", ns.name, "sysctl", "-q", "-w",
+                    "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.lo.disable_ipv6=0")
             ns.ip("link", "set", "lo", "up")
             if lo_multicast:
                 ns.ip("link", "set", "lo", "multicast", "on")
