@@ -3,7 +3,7 @@
 A LAN of three namespaces: ``h`` runs guestfenced (multicast on eth0, libvirt
 test driver with guests vm1..vm50), ``g`` is a guest of cluster c50, ``x`` an
 attacker. The client is our fence_xvm exchange in one process
-(bench/cluster_keys_peer.py), timing each ``status vm50`` from the first
+(bench/_cluster_keys_peer.py), timing each ``status vm50`` from the first
 datagram to the result byte, so process start-up does not bury the difference.
 
 (a) Added latency per valid request: the same client and key against the
