@@ -17,12 +17,18 @@ import contextlib
 import json
 import os
 import socket
-import struct
 import sys
 import time
 
 from guestfence.agents.transport import Logger, MulticastTarget, multicast_exchange
-from guestfence.virt.wire import DEFAULT_IPV4_GROUP, FenceRequest, HashType, Op, read_key
+from guestfence.virt.wire import (
+    DEFAULT_IPV4_GROUP,
+    REQUEST_FORMAT,
+    FenceRequest,
+    HashType,
+    Op,
+    read_key,
+)
 
 
 def client(key_file: str, target: str, count: int) -> list[float]:
@@ -41,9 +47,9 @@ def client(key_file: str, target: str, count: int) -> list[float]:
 
 
 def forged_block(source: str) -> bytes:
-    head = struct.pack("<BBBB64s28sH6sII", Op.OFF, HashType.SHA256, 4, 0, b"vm1",
-                       socket.inet_aton(source), 1229, os.urandom(6), 1, 2)
-    return head + os.urandom(32) + bytes(32)  # a SHA-256-sized signature, zero padding
+    signature = os.urandom(32) + bytes(32)  # SHA-256-sized, zero padding
+    return REQUEST_FORMAT.pack(Op.OFF, HashType.SHA256, 4, 0, b"vm1", socket.inet_aton(source),
+                               1229, os.urandom(6), 1, 2, signature)
 
 
 def flood(address: str, rate: int, seconds: float, sources: list[str]) -> dict[str, float]:
