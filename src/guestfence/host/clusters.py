@@ -198,12 +198,13 @@ def _parse_cluster(block: Node, path: str) -> ClusterConfig:
             except ValueError:
                 _fail(path, node.line, f"uuid {text!r} in clusters/{name}",
                       "a UUID such as 3f0d1c2e-8a4b-4c1d-9e2f-0a1b2c3d4e5f")
-    patterns = _values(by_key.get("pattern", []))
+    patterns: list[str] = []
     for node in by_key.get("pattern", []):
         for p in _values([node]):
-            if p.strip("*?") == "" :
+            if not p.strip("*?"):
                 _fail(path, node.line, f"pattern {p!r} in clusters/{name} matches every guest",
                       "a pattern naming this cluster's guests, such as web-*")
+            patterns.append(p)
     binding = GuestBinding(
         names=frozenset(_values(by_key.get("guests", []))),
         uuids=frozenset(uuids),
