@@ -143,11 +143,8 @@ class Cluster(StartStop):
             time.sleep(_POLL)
 
     def _reap(self) -> None:
-        alive = []
-        for proc in self._children:
-            if proc.poll() is None:
-                alive.append(proc)
-        self._children = alive
+        """Collect exited stacks (no zombies) and forget them."""
+        self._children = [proc for proc in self._children if proc.poll() is None]
 
     def stop(self) -> None:
         """Kill every process of every node (holders included); idempotent."""
