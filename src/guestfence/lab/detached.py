@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,6 +40,14 @@ def start_time(pid: int) -> int | None:
     """The running process's start time; None if it is gone (or a zombie)."""
     fields = stat_fields(pid)
     return int(fields[19]) if fields is not None and fields[0] not in ("Z", "X") else None
+
+
+def spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own (so it outlives the command that started
+    it), stdin closed, stdout and stderr appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
 
 
 def record(pid: int) -> dict[str, Any]:

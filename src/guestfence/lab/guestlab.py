@@ -149,10 +149,7 @@ class GuestLab(LabView):
         self._say(f"LAN {SUBNET}.0/24: {', '.join(members)} (namespaces {self.prefix}*)")
 
     def _spawn(self, member: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(self.namespace(member).exec_argv(argv),
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
+        proc = detached.spawn(self.namespace(member).exec_argv(argv), log)
         self._children.append(proc)
         return proc
 
@@ -189,12 +186,9 @@ class GuestLab(LabView):
         work = self.state_dir / host
         ready = work / "qemuhost.json"
         ready.unlink(missing_ok=True)
-        with open(work / "qemuhost.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "guestfence.lab.qemuhost", str(work / "libvirt"),
-                 self.state["namespaces"][host], str(ready),
-                 *(f"{g.name}={g.uuid}" for g in guests)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        proc = detached.spawn([sys.executable, "-m", "guestfence.lab.qemuhost",
+                               str(work / "libvirt"), self.state["namespaces"][host], str(ready),
+                               *(f"{g.name}={g.uuid}" for g in guests)], work / "qemuhost.log")
         self._children.append(proc)
         self.state["qemu_hosts"][host] = detached.record(proc.pid)
         self._save()

@@ -155,10 +155,7 @@ def serve(state_dir: Path) -> int:
 
 def start(state_dir: Path) -> subprocess.Popen[bytes]:
     """Start the watcher for the lab in ``state_dir``, detached (its own session)."""
-    with open(state_dir / LOG_FILE, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", MODULE, str(state_dir)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
+    return detached.spawn([sys.executable, "-m", MODULE, str(state_dir)], state_dir / LOG_FILE)
 
 
 def read_view(state_dir: Path) -> dict[str, Any]:
