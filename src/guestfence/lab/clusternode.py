@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guestfence.lab.clusterconf import seed_cib
-from guestfence.lab.detached import pid_alive
+from guestfence.lab.detached import all_pids, ns_id, pid_alive
 from guestfence.lab.netns import LabError, Namespace
 
 if TYPE_CHECKING:
@@ -37,13 +37,6 @@ PRIVATE_DIRS = {  # mount point in the node -> directory under the node's root
 }
 
 
-def _mount_ns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return None
-
-
 def pids_in_mount_ns(holder: int) -> list[int]:
     """Every process sharing ``holder``'s mount namespace (the holder included).
 
@@ -51,14 +44,10 @@ def pids_in_mount_ns(holder: int) -> list[int]:
     not a node's holder (a pid reused after the lab died), and the namespace
     is the machine's -- nothing in it is the lab's to kill.
     """
-    wanted = _mount_ns(holder)
-    if wanted is None or wanted == _mount_ns(os.getpid()):
+    wanted = ns_id(holder, "mnt")
+    if wanted is None or wanted == ns_id("self", "mnt"):
         return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _mount_ns(int(entry)) == wanted:
-            found.append(int(entry))
-    return found
+    return [pid for pid in all_pids() if ns_id(pid, "mnt") == wanted]
 
 
 def is_holder(pid: int, namespace: Namespace) -> bool:
@@ -69,7 +58,7 @@ def is_holder(pid: int, namespace: Namespace) -> bool:
     except OSError:
         return False
     return (comm == "sleep" and namespace.contains(pid)
-            and _mount_ns(pid) not in (None, _mount_ns(os.getpid())))
+            and ns_id(pid, "mnt") not in (None, ns_id("self", "mnt")))
 
 
 def _kill_and_wait(pids: Collection[int], timeout: float = 10.0) -> None:

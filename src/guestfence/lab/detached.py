@@ -5,6 +5,9 @@ QEMU parent, the power link) live on; ``status`` and ``down`` may run much
 later, when a recorded pid may belong to someone else.  A pid together with
 the process's start time (clock ticks since boot, /proc/PID/stat) names one
 process for the machine's whole uptime, so nothing else is ever signalled.
+
+The /proc readings behind that (a process's stat fields, whether it still runs,
+its namespaces) are here too, for every lab helper that finds processes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,20 @@ def stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return raw[raw.rindex(")") + 2 :].split()
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def ns_id(pid: int | str, kind: str) -> tuple[int, int] | None:
+    """Identity of ``pid``'s namespace of ``kind`` (``mnt``, ``net``; pid may be
+    ``"self"``), None if it cannot be read (the process is gone)."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def pid_alive(pid: int) -> bool:

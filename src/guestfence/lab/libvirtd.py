@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from guestfence.lab.detached import pid_alive, stat_fields
+from guestfence.lab.detached import all_pids, ns_id, pid_alive, stat_fields
 from guestfence.lab.lifecycle import StartStop
 from guestfence.lab.netns import LabError, Namespace
 
@@ -128,14 +128,10 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
 def _descendants(root: int) -> list[int]:
     """Every process below ``root`` (ppid chains), found by one /proc scan."""
     children: dict[int, list[int]] = {}
-    for pid in _all_pids():
+    for pid in all_pids():
         ppid = _ppid(pid)
         if ppid is not None:
             children.setdefault(ppid, []).append(pid)
@@ -146,14 +142,6 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _ns_id(pid: int | str, kind: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(f"/proc/{pid}/ns/{kind}")
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -577,7 +565,7 @@ class LibvirtLab(StartStop):
             self._mntns = (st.st_dev, st.st_ino)
         except OSError:
             self._mntns = None
-        if self._mntns is None or self._mntns == _ns_id("self", "mnt"):
+        if self._mntns is None or self._mntns == ns_id("self", "mnt"):
             self._mntns = None  # never sweep the caller's own mount namespace
             raise LabError(f"libvirtd under {self.proc.pid} is not in a private mount namespace")
         # 2. a libvirt connection is answered (libvirtd holds RPC calls back until
@@ -655,8 +643,8 @@ class LibvirtLab(StartStop):
         if self._mntns is None:
             return []
         found = sorted(
-            pid for pid in _all_pids()
-            if _ns_id(pid, "mnt") == self._mntns and pid_alive(pid) and _is_qemu_for(pid, name)
+            pid for pid in all_pids()
+            if ns_id(pid, "mnt") == self._mntns and pid_alive(pid) and _is_qemu_for(pid, name)
         )
         for pid in found:
             self._known.setdefault(pid, _start_time(pid))
@@ -763,7 +751,7 @@ class LibvirtLab(StartStop):
         """Live processes in the lab's mount namespace (libvirtd, reaper, qemu)."""
         if self._mntns is None:
             return []
-        return [p for p in _all_pids() if _ns_id(p, "mnt") == self._mntns and pid_alive(p)]
+        return [p for p in all_pids() if ns_id(p, "mnt") == self._mntns and pid_alive(p)]
 
     def _ours_still(self, pid: int) -> bool:
         start = self._known.get(pid)
